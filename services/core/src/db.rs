@@ -1,0 +1,143 @@
+//! PostgreSQL: create the database when missing, open a bounded pool, apply `schema/`.
+//!
+//! The pool is small and bounded on purpose (the seed system opened a connection per
+//! request and died of `too many clients`). Waiting for a connection is bounded in time
+//! too, so a PostgreSQL outage becomes a quick error the caller can answer with 503.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../../schema");
+}
+
+/// Arbitrary key of the advisory lock that serialises concurrent migrations.
+const MIGRATION_LOCK: i64 = 0x5949_4e4b_4d49_4752; // "YINKMIGR"
+
+/// How long a caller waits for a pooled connection (or a new one) before giving up.
+const POOL_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("database URL names no database")]
+    NoDatabaseName,
+    #[error("cannot reach PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("PostgreSQL pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("cannot build the PostgreSQL pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("PostgreSQL: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] refinery::Error),
+}
+
+fn parse(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(DbError::BadUrl)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(POOL_WAIT);
+    }
+    Ok(config)
+}
+
+/// Creates the URL's database when it does not exist yet (connecting to `postgres`).
+/// Safe to run from several processes at once.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let config = parse(url)?;
+    let name = config.get_dbname().ok_or(DbError::NoDatabaseName)?.to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.map_err(DbError::Connect)?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(err) = client.batch_execute(&create).await {
+            // Another process created it between our check and our CREATE.
+            let raced = err.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::DUPLICATE_DATABASE
+                    || *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            });
+            if !raced {
+                return Err(err.into());
+            }
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// A bounded pool; connections are opened lazily, so this succeeds while PostgreSQL is
+/// down and callers get a quick error instead.
+pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
+    let config = parse(url)?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(POOL_WAIT),
+            create: Some(POOL_WAIT),
+            recycle: Some(POOL_WAIT),
+        })
+        .build()?)
+}
+
+/// Applies every migration in `schema/` not applied yet. Holds an advisory lock so
+/// that processes starting together do not race.
+pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
+    let mut conn = pool.get().await?;
+    conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let client: &mut tokio_postgres::Client = &mut conn;
+    let outcome = embedded::migrations::runner()
+        .run_async(client)
+        .await
+        .map(|_| ());
+    conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    // The schema may have changed under statements this connection prepared.
+    conn.statement_cache.clear();
+    outcome.map_err(DbError::from)
+}
+
+/// True when a PostgreSQL error means "could not reach PostgreSQL or it went away",
+/// which callers answer with 503 or retry, never treat as a verdict on the data.
+pub fn is_unavailable(err: &DbError) -> bool {
+    match err {
+        DbError::Connect(_) | DbError::Pool(_) => true,
+        DbError::Query(e) => is_transient(e),
+        _ => false,
+    }
+}
+
+/// True for connection-level failures and server states that pass by themselves
+/// (shutdown, too many connections, serialization failures, deadlocks).
+pub fn is_transient(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match err.code() {
+        None => true, // no SQLSTATE: the connection itself failed
+        Some(code) => {
+            let class = &code.code()[..2];
+            matches!(class, "08" | "53" | "57" | "58")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    }
+}

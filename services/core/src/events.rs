@@ -1,0 +1,176 @@
+//! The events of a sale's stream and of the order-events outbox, and their field names.
+//!
+//! The reserve and release scripts write these fields; the projector reads them back
+//! here. A stream entry that does not parse is a permanent error for that entry (it is
+//! dead-lettered), never a panic, and never a reason to skip the entries after it.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{IdError, ReservationId, SaleId, UserId};
+
+/// Field names of the sale stream entries, as written by the Lua scripts.
+pub mod field {
+    pub const TYPE: &str = "type";
+    pub const RESERVATION_ID: &str = "reservation_id";
+    pub const SALE_ID: &str = "sale_id";
+    pub const USER_ID: &str = "user_id";
+    pub const QUANTITY: &str = "quantity";
+    pub const AT_MS: &str = "at_ms";
+    pub const REASON: &str = "reason";
+}
+
+/// `type` of the entry `reserve.lua` appends when units are taken.
+pub const RESERVED: &str = "reserved";
+/// `type` of the entry `release.lua` appends when units go back on sale.
+pub const RELEASED: &str = "released";
+
+/// Units were taken from a sale for a buyer (written by `reserve.lua`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserved {
+    pub reservation_id: ReservationId,
+    pub sale_id: SaleId,
+    pub user_id: UserId,
+    pub quantity: i64,
+    /// Redis server time when the units were taken, in epoch milliseconds.
+    pub at_ms: i64,
+}
+
+/// A sale stream entry, as read back by a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaleEvent {
+    Reserved(Reserved),
+    /// Units of a reservation went back on sale; projectors only acknowledge these.
+    Released { reservation_id: ReservationId },
+}
+
+/// Why a stream entry could not be read as an event: a permanent error for the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("field `{field}`: {source}")]
+    BadId {
+        field: &'static str,
+        source: IdError,
+    },
+    #[error("field `{0}` is not a positive integer")]
+    BadNumber(&'static str),
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+}
+
+fn get<'a>(fields: &'a HashMap<String, String>, name: &'static str) -> Result<&'a str, EventError> {
+    fields
+        .get(name)
+        .map(String::as_str)
+        .ok_or(EventError::Missing(name))
+}
+
+fn positive(fields: &HashMap<String, String>, name: &'static str) -> Result<i64, EventError> {
+    get(fields, name)?
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or(EventError::BadNumber(name))
+}
+
+fn reservation_id(fields: &HashMap<String, String>) -> Result<ReservationId, EventError> {
+    ReservationId::parse(get(fields, field::RESERVATION_ID)?).map_err(|source| EventError::BadId {
+        field: field::RESERVATION_ID,
+        source,
+    })
+}
+
+impl SaleEvent {
+    /// Reads one stream entry's fields.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, EventError> {
+        match get(fields, field::TYPE)? {
+            RESERVED => Ok(SaleEvent::Reserved(Reserved {
+                reservation_id: reservation_id(fields)?,
+                sale_id: SaleId::parse(get(fields, field::SALE_ID)?).map_err(|source| {
+                    EventError::BadId {
+                        field: field::SALE_ID,
+                        source,
+                    }
+                })?,
+                user_id: UserId::parse(get(fields, field::USER_ID)?).map_err(|source| {
+                    EventError::BadId {
+                        field: field::USER_ID,
+                        source,
+                    }
+                })?,
+                quantity: positive(fields, field::QUANTITY)?,
+                at_ms: positive(fields, field::AT_MS)?,
+            })),
+            RELEASED => Ok(SaleEvent::Released {
+                reservation_id: reservation_id(fields)?,
+            }),
+            other => Err(EventError::UnknownType(other.to_owned())),
+        }
+    }
+}
+
+/// Types of the events the outbox relay publishes to the order-events stream.
+pub mod outbox {
+    pub const ORDER_CONFIRMED: &str = "order.confirmed";
+    pub const RESERVATION_RELEASED: &str = "reservation.released";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_reserved_entry() {
+        let rid = ReservationId::new();
+        let rid_text = rid.to_string();
+        let event = SaleEvent::from_fields(&fields(&[
+            ("type", "reserved"),
+            ("reservation_id", &rid_text),
+            ("sale_id", "s1"),
+            ("user_id", "u1"),
+            ("quantity", "2"),
+            ("at_ms", "1700000000000"),
+        ]))
+        .expect("well-formed entry");
+        let SaleEvent::Reserved(r) = event else {
+            panic!("expected a reserved event, got {event:?}");
+        };
+        assert_eq!(r.reservation_id, rid);
+        assert_eq!(r.quantity, 2);
+    }
+
+    #[test]
+    fn refuses_garbage_with_a_reason() {
+        assert_eq!(
+            SaleEvent::from_fields(&fields(&[("hello", "world")])),
+            Err(EventError::Missing("type"))
+        );
+        assert_eq!(
+            SaleEvent::from_fields(&fields(&[("type", "bought")])),
+            Err(EventError::UnknownType("bought".into()))
+        );
+        let rid = ReservationId::new().to_string();
+        let bad_qty = fields(&[
+            ("type", "reserved"),
+            ("reservation_id", &rid),
+            ("sale_id", "s1"),
+            ("user_id", "u1"),
+            ("quantity", "-3"),
+            ("at_ms", "1"),
+        ]);
+        assert_eq!(
+            SaleEvent::from_fields(&bad_qty),
+            Err(EventError::BadNumber("quantity"))
+        );
+    }
+}

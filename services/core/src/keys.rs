@@ -1,0 +1,119 @@
+//! Every Redis key Yoink uses, in one place.
+//!
+//! All keys of one sale carry the hash tag `{sale:ID}`, so a script that touches them
+//! runs on a single Redis Cluster slot. Code elsewhere must never format a key by hand.
+//! A `Keyspace` prefix (empty in production) keeps tests and tenants apart; the prefix
+//! stays outside the braces so it never changes which keys share a slot.
+
+use crate::ids::SaleId;
+
+/// Consumer group of the projectors on every sale stream.
+pub const PROJECTOR_GROUP: &str = "projectors";
+
+/// The keys of one Redis deployment, under an optional prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn sale_key(&self, sale: &SaleId, suffix: &str) -> String {
+        format!("{}{{sale:{}}}:{}", self.prefix, sale.as_str(), suffix)
+    }
+
+    /// Hash: `initial`, `limit`, `starts_at_ms`, `ends_at_ms`, `reserved`, `released`.
+    pub fn meta(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "meta")
+    }
+
+    /// String: units still on sale.
+    pub fn stock(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "stock")
+    }
+
+    /// Hash: user id -> units held (reserved minus released).
+    pub fn buyers(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "buyers")
+    }
+
+    /// Hash: Idempotency-Key -> reservation id.
+    pub fn idempotency(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "idem")
+    }
+
+    /// Hash: reservation id -> `state|user|quantity|stream_id|reserved_at_ms`.
+    pub fn reservations(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "reservations")
+    }
+
+    /// Stream: the sale's `reserved` / `released` events (the Redis-side outbox).
+    pub fn events(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "events")
+    }
+
+    /// Stream: entries the projectors gave up on, with the reason.
+    pub fn dead_letters(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "dead")
+    }
+
+    /// Set of every sale id, so projectors and lookups find sales without a scan.
+    /// Not in any sale's slot: it is only ever touched on its own, never inside a script.
+    pub fn sales_registry(&self) -> String {
+        format!("{}yoink:sales", self.prefix)
+    }
+
+    /// Stream the outbox relay publishes order events to, for downstream consumers.
+    pub fn order_events(&self) -> String {
+        format!("{}yoink:order-events", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').expect("every sale key has a hash tag");
+        let close = key[open..].find('}').expect("the hash tag is closed") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_key_of_a_sale_shares_one_hash_tag() {
+        let sale = SaleId::parse("s-1").expect("valid id");
+        for ks in [Keyspace::default(), Keyspace::new("t42:")] {
+            let keys = [
+                ks.meta(&sale),
+                ks.stock(&sale),
+                ks.buyers(&sale),
+                ks.idempotency(&sale),
+                ks.reservations(&sale),
+                ks.events(&sale),
+                ks.dead_letters(&sale),
+            ];
+            for key in &keys {
+                assert_eq!(hash_tag(key), "sale:s-1", "{key}");
+                assert!(key.starts_with(ks.prefix()));
+            }
+        }
+    }
+
+    #[test]
+    fn default_keys_match_the_documented_layout() {
+        let sale = SaleId::parse("s1").expect("valid id");
+        let ks = Keyspace::default();
+        assert_eq!(ks.stock(&sale), "{sale:s1}:stock");
+        assert_eq!(ks.events(&sale), "{sale:s1}:events");
+        assert_eq!(ks.sales_registry(), "yoink:sales");
+    }
+}

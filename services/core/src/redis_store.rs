@@ -1,0 +1,107 @@
+//! One Redis handle for the whole process: a single server or a Redis Cluster.
+//!
+//! Both are one multiplexed, auto-reconnecting connection that pipelines concurrent
+//! callers (no pool is needed; see DEPENDENCY-NOTES). Blocking reads (`XREADGROUP
+//! BLOCK`) must never go through this shared handle: they would stall every caller
+//! behind them. Use `dedicated()` for those.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::config::StoreArgs;
+
+/// A cheap-to-clone Redis handle, single node or cluster.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// Opens the shared handle. A single-node handle connects lazily, so a process can
+    /// start while Redis is down and answer 503 until it is back.
+    pub async fn open(args: &StoreArgs) -> redis::RedisResult<Self> {
+        Self::open_with_timeout(args, Some(args.redis_timeout())).await
+    }
+
+    /// Opens a separate connection for blocking commands, with a response timeout of
+    /// `timeout` (longer than any BLOCK it will send) or none.
+    pub async fn dedicated(args: &StoreArgs, timeout: Option<Duration>) -> redis::RedisResult<Self> {
+        Self::open_with_timeout(args, timeout).await
+    }
+
+    async fn open_with_timeout(
+        args: &StoreArgs,
+        response_timeout: Option<Duration>,
+    ) -> redis::RedisResult<Self> {
+        let connect_timeout = Duration::from_millis(args.redis_timeout_ms.clamp(100, 2_000));
+        if args.redis_cluster {
+            let nodes: Vec<&str> = args.redis_url.split(',').map(str::trim).collect();
+            let mut builder = redis::cluster::ClusterClient::builder(nodes)
+                .connection_timeout(connect_timeout);
+            if let Some(timeout) = response_timeout {
+                builder = builder.response_timeout(timeout);
+            }
+            let conn = builder.build()?.get_async_connection().await?;
+            Ok(RedisConn::Cluster(conn))
+        } else {
+            let client = redis::Client::open(args.redis_url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(response_timeout)
+                // Fail fast while Redis is down: callers answer 503 and retry later,
+                // the manager reconnects on the next call.
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200))
+                .set_pipeline_buffer_size(4096);
+            Ok(RedisConn::Single(ConnectionManager::new_lazy_with_config(
+                client, config,
+            )?))
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// True when a Redis error means "Redis could not be reached or did not answer", as
+/// opposed to an answer we did not like.
+pub fn is_unavailable(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_unrecoverable_error()
+        || matches!(
+            err.kind(),
+            redis::ErrorKind::Io | redis::ErrorKind::ClusterConnectionNotFound
+        )
+}

@@ -1,0 +1,197 @@
+//! Creating a sale and reading its figures: the one implementation behind both
+//! `POST /sales` and `yoink sale create`, and behind `GET /sales/{id}`.
+//!
+//! PostgreSQL holds the sale's definition and is written first, so the projector never
+//! meets a sale PostgreSQL does not know. Creating a sale that exists must never reset
+//! its stock: the Redis side is only ever created by `create_sale.lua`, which refuses
+//! existing keys.
+
+use deadpool_postgres::Pool;
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::db::DbError;
+use crate::ids::SaleId;
+use crate::keys::Keyspace;
+use crate::redis_store::RedisConn;
+use crate::scripts::{self, SaleTerms};
+
+/// A sale to create.
+#[derive(Debug, Clone)]
+pub struct NewSale {
+    pub sale_id: SaleId,
+    pub terms: SaleTerms,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaleError {
+    /// 409 sale_exists
+    #[error("sale already exists")]
+    Exists,
+    /// 400 invalid_request
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// 404 unknown_sale
+    #[error("no such sale")]
+    Unknown,
+    /// 503 when Redis is unreachable
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// 503 when PostgreSQL is unreachable
+    #[error("{0}")]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for SaleError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        SaleError::Db(DbError::Query(err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SaleError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        SaleError::Db(DbError::Pool(err))
+    }
+}
+
+impl NewSale {
+    fn check(&self) -> Result<(), SaleError> {
+        let t = &self.terms;
+        if t.initial_stock < 0 {
+            return Err(SaleError::Invalid("stock must be >= 0"));
+        }
+        if t.limit_per_user < 0 {
+            return Err(SaleError::Invalid("limit_per_user must be >= 0"));
+        }
+        if t.starts_at_ms < 0 || t.ends_at_ms < 0 {
+            return Err(SaleError::Invalid("times must be after 1970"));
+        }
+        if t.ends_at_ms != 0 && t.ends_at_ms <= t.starts_at_ms {
+            return Err(SaleError::Invalid("ends_at must be after starts_at"));
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(ms: i64) -> Option<i64> {
+    (ms != 0).then_some(ms)
+}
+
+/// Creates a sale in PostgreSQL, then in Redis. `Exists` when it was there already,
+/// except that a sale left half-created (PostgreSQL row, no Redis keys, no reservation
+/// decided yet) is finished from its PostgreSQL definition, so a retry after a Redis
+/// outage succeeds.
+pub async fn create_sale(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+    sale: &NewSale,
+) -> Result<(), SaleError> {
+    sale.check()?;
+    let db = pool.get().await?;
+    let inserted = db
+        .query_opt(
+            "INSERT INTO sales (sale_id, initial_stock, limit_per_user, starts_at, ends_at)
+             VALUES ($1, $2, $3, to_timestamp($4::bigint / 1000.0), to_timestamp($5::bigint / 1000.0))
+             ON CONFLICT (sale_id) DO NOTHING
+             RETURNING sale_id",
+            &[
+                &sale.sale_id.as_str(),
+                &sale.terms.initial_stock,
+                &sale.terms.limit_per_user,
+                &nonzero(sale.terms.starts_at_ms),
+                &nonzero(sale.terms.ends_at_ms),
+            ],
+        )
+        .await?
+        .is_some();
+    let terms = if inserted {
+        sale.terms.clone()
+    } else {
+        let redis_has_it: bool = redis.exists(keys.meta(&sale.sale_id)).await?;
+        let decided: i64 = db
+            .query_one(
+                "SELECT count(*) FROM reservation_fates WHERE sale_id = $1",
+                &[&sale.sale_id.as_str()],
+            )
+            .await?
+            .get(0);
+        if redis_has_it || decided > 0 {
+            return Err(SaleError::Exists);
+        }
+        terms_from_db(pool, &sale.sale_id)
+            .await?
+            .ok_or(SaleError::Unknown)?
+    };
+    drop(db);
+    let created = scripts::create_sale(redis, keys, &sale.sale_id, &terms).await?;
+    let _: i64 = redis
+        .sadd(keys.sales_registry(), sale.sale_id.as_str())
+        .await?;
+    if created { Ok(()) } else { Err(SaleError::Exists) }
+}
+
+/// The sale's definition as PostgreSQL holds it.
+pub async fn terms_from_db(pool: &Pool, sale: &SaleId) -> Result<Option<SaleTerms>, SaleError> {
+    let db = pool.get().await?;
+    let row = db
+        .query_opt(
+            "SELECT initial_stock, limit_per_user,
+                    coalesce((extract(epoch FROM starts_at) * 1000)::bigint, 0),
+                    coalesce((extract(epoch FROM ends_at) * 1000)::bigint, 0)
+             FROM sales WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?;
+    Ok(row.map(|r| SaleTerms {
+        initial_stock: r.get(0),
+        limit_per_user: r.get(1),
+        starts_at_ms: r.get(2),
+        ends_at_ms: r.get(3),
+    }))
+}
+
+/// `GET /sales/{id}`: live figures from Redis, decided figures from PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SaleView {
+    pub sale_id: SaleId,
+    pub initial_stock: i64,
+    /// Units on sale now (Redis).
+    pub remaining: i64,
+    /// Units ever taken by buyers (Redis).
+    pub reserved: i64,
+    /// Units given back after a permanent failure (PostgreSQL's decision).
+    pub released: i64,
+    /// Units that became orders (PostgreSQL).
+    pub confirmed: i64,
+    pub limit_per_user: i64,
+}
+
+pub async fn view_sale(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+    sale: &SaleId,
+) -> Result<SaleView, SaleError> {
+    let snapshot = scripts::sale_snapshot(redis, keys, sale)
+        .await?
+        .ok_or(SaleError::Unknown)?;
+    let db = pool.get().await?;
+    let (confirmed, released) = db
+        .query_opt(
+            "SELECT confirmed_units, released_units FROM sales WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or((0, 0));
+    Ok(SaleView {
+        sale_id: sale.clone(),
+        initial_stock: snapshot.terms.initial_stock,
+        remaining: snapshot.remaining,
+        reserved: snapshot.reserved,
+        released,
+        confirmed,
+        limit_per_user: snapshot.terms.limit_per_user,
+    })
+}

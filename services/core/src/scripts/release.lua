@@ -1,0 +1,50 @@
+--[[
+release.lua: give one reservation's units back to the sale, exactly once.
+
+Called only after PostgreSQL recorded the reservation's fate as *released* (so it can
+never also become an order). Idempotent per reservation id: a retried or raced release
+returns "already" and changes nothing.
+
+KEYS[1]  meta          hash    ... reserved, released (units)
+KEYS[2]  stock         string  units still on sale
+KEYS[3]  buyers        hash    user_id -> units the user holds
+KEYS[4]  reservations  hash    reservation_id -> "state|user_id|quantity|stream_id|reserved_at_ms"
+KEYS[5]  events        stream  the sale's event stream
+
+ARGV[1]  reservation_id
+ARGV[2]  reason            short text stored on the `released` event
+
+Returns  {outcome, quantity}
+         outcome "released": units went back on sale now, a `released` event was appended
+         outcome "already":  this reservation was released before; nothing written
+         outcome "unknown":  Redis holds no such reservation (nothing was taken); nothing written
+
+Example:
+  EVALSHA <sha> 5 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:reservations \
+    {sale:s1}:events 0190f1c2-... "dead-lettered: sale missing in PostgreSQL"
+]]
+
+local meta, stock, buyers, reservations, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local rid, reason = ARGV[1], ARGV[2]
+
+local record = redis.call('HGET', reservations, rid)
+if not record then
+  return {'unknown', 0}
+end
+local state, user_id, qty, stream_id, at = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+if state == 'released' then
+  return {'already', tonumber(qty)}
+end
+
+redis.call('INCRBY', stock, qty)
+redis.call('HINCRBY', buyers, user_id, -tonumber(qty))
+redis.call('HINCRBY', meta, 'released', qty)
+redis.call('HSET', reservations, rid,
+  'released|' .. user_id .. '|' .. qty .. '|' .. stream_id .. '|' .. at)
+redis.call('XADD', events, '*',
+  'type', 'released',
+  'reservation_id', rid,
+  'user_id', user_id,
+  'quantity', qty,
+  'reason', reason)
+return {'released', tonumber(qty)}
