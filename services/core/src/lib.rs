@@ -17,3 +17,5 @@ pub use config::StoreArgs;
 pub use ids::{IdError, ReservationId, SaleId, UserId};
 pub use keys::Keyspace;
 pub use redis_store::RedisConn;
+pub mod shutdown;
+pub mod telemetry;

@@ -195,3 +195,31 @@ pub async fn view_sale(
         limit_per_user: snapshot.terms.limit_per_user,
     })
 }
+
+/// Parses a sale time given as RFC 3339 (`2026-11-25T12:00:00Z`) or epoch
+/// milliseconds, into epoch milliseconds.
+pub fn parse_time(raw: &str) -> Result<i64, SaleError> {
+    if let Ok(ms) = raw.parse::<i64>() {
+        return if ms >= 0 {
+            Ok(ms)
+        } else {
+            Err(SaleError::Invalid("times must be after 1970"))
+        };
+    }
+    raw.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| SaleError::Invalid("times must be RFC 3339 (2026-11-25T12:00:00Z) or epoch ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc3339_and_epoch_millis() {
+        assert_eq!(parse_time("1700000000000").ok(), Some(1_700_000_000_000));
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").ok(), Some(1_000));
+        assert!(parse_time("tomorrow").is_err());
+        assert!(parse_time("-5").is_err());
+    }
+}

@@ -267,21 +267,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn script_errors_map_to_their_variants() {
-        let err = |code: &str| {
-            ReserveError::from_redis(redis::RedisError::from((
-                redis::ErrorKind::Extension,
-                "script",
-                format!("{code} detail"),
-            )))
-        };
-        assert!(matches!(err("SOLD_OUT"), ReserveError::SoldOut));
-        assert!(matches!(err("LIMIT_EXCEEDED"), ReserveError::LimitExceeded));
-        assert!(matches!(err("UNKNOWN_SALE"), ReserveError::UnknownSale));
-        assert!(matches!(err("SALE_CLOSED"), ReserveError::SaleClosed));
-    }
-
-    #[test]
     fn every_script_documents_its_keys_and_returns() {
         for (name, source) in [
             ("reserve", include_str!("scripts/reserve.lua")),

@@ -1,1 +1,143 @@
-fn main() {}
+//! The `yoink` binary: parses the command line and hands off to a service crate.
+//!
+//! Only dispatch lives here (and `anyhow` context for the operator); every behaviour
+//! belongs to a library crate where tests can reach it.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use yoink_api::ApiArgs;
+use yoink_core::sales::{self, NewSale};
+use yoink_core::scripts::SaleTerms;
+use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, shutdown};
+
+#[derive(Debug, Parser)]
+#[command(name = "yoink", version, about = "Flash-sale purchase backend")]
+struct Cli {
+    #[command(flatten)]
+    stores: StoreArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if needed and apply schema/ migrations (idempotent).
+    Migrate,
+    /// Run the HTTP API.
+    Serve {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Do not apply migrations on start.
+        #[arg(long, env = "YOINK_NO_MIGRATE")]
+        no_migrate: bool,
+    },
+    /// Manage sales.
+    Sale {
+        #[command(subcommand)]
+        command: SaleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SaleCommand {
+    /// Create a sale (never resets an existing sale's stock).
+    Create(CreateSaleArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateSaleArgs {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    stock: i64,
+    /// Most units one buyer may hold (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    limit_per_user: i64,
+    /// Opening time: RFC 3339 or epoch milliseconds (default: now).
+    #[arg(long)]
+    starts_at: Option<String>,
+    /// Closing time: RFC 3339 or epoch milliseconds (default: never).
+    #[arg(long)]
+    ends_at: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Migrate => migrate(&cli.stores).await,
+        Command::Serve { api, no_migrate } => serve(&cli.stores, api, no_migrate).await,
+        Command::Sale {
+            command: SaleCommand::Create(args),
+        } => create_sale(&cli.stores, args).await,
+    }
+}
+
+async fn migrate(stores: &StoreArgs) -> anyhow::Result<()> {
+    db::ensure_database(&stores.database_url)
+        .await
+        .with_context(|| format!("creating database {}", stores.database_url_for_logs()))?;
+    let pool = db::pool(&stores.database_url, 1)?;
+    db::migrate(&pool).await.context("applying schema/")?;
+    tracing::info!(database = %stores.database_url_for_logs(), "Schema is up to date.");
+    Ok(())
+}
+
+async fn serve(stores: &StoreArgs, api: ApiArgs, no_migrate: bool) -> anyhow::Result<()> {
+    if !no_migrate {
+        migrate(stores).await?;
+    }
+    let listener = TcpListener::bind(api.listen)
+        .await
+        .with_context(|| format!("binding {}", api.listen))?;
+    tracing::info!(
+        listen = %api.listen,
+        redis = %stores.redis_url_for_logs(),
+        database = %stores.database_url_for_logs(),
+        key_prefix = %stores.key_prefix,
+        max_in_flight = api.max_in_flight,
+        admin = api.admin_token.is_some(),
+        "Serving the API."
+    );
+    let state = yoink_api::state(stores, &api).await?;
+    yoink_api::run(listener, state, api, shutdown::signal()).await;
+    tracing::info!("API stopped.");
+    Ok(())
+}
+
+async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result<()> {
+    migrate(stores).await?;
+    let sale_id = SaleId::parse(&args.id).with_context(|| format!("sale id {:?}", args.id))?;
+    let time = |raw: &Option<String>| -> anyhow::Result<i64> {
+        raw.as_deref()
+            .map(sales::parse_time)
+            .transpose()
+            .map(|t| t.unwrap_or(0))
+            .map_err(anyhow::Error::from)
+    };
+    let sale = NewSale {
+        sale_id,
+        terms: SaleTerms {
+            initial_stock: args.stock,
+            limit_per_user: args.limit_per_user,
+            starts_at_ms: time(&args.starts_at)?,
+            ends_at_ms: time(&args.ends_at)?,
+        },
+    };
+    let mut redis = RedisConn::open(stores).await.context("opening Redis")?;
+    let pool = db::pool(&stores.database_url, 2)?;
+    let keys = Keyspace::new(stores.key_prefix.clone());
+    sales::create_sale(&mut redis, &keys, &pool, &sale)
+        .await
+        .with_context(|| format!("creating sale {}", sale.sale_id))?;
+    let view = sales::view_sale(&mut redis, &keys, &pool, &sale.sale_id).await?;
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The one place that turns an error into an HTTP response.
+//!
+//! Every variant maps to one status and one JSON `error` code from a closed set; the
+//! body is `{"error": code, "detail"?: text}`. 5xx bodies never show internals: their
+//! cause is logged here, once. Handlers return `ApiError` and never build error
+//! responses themselves.
+
+use hyper::StatusCode;
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use serde_json::json;
+use yoink_core::db::{self, DbError};
+use yoink_core::redis_store;
+use yoink_core::sales::SaleError;
+use yoink_core::scripts::ReserveError;
+
+use crate::response::{Response, json_response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 invalid_request
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401 unauthorized
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    /// 403 admin_disabled
+    #[error("admin endpoints are disabled: set YOINK_ADMIN_TOKEN to enable them")]
+    AdminDisabled,
+    /// 403 sale_closed
+    #[error("the sale is not open")]
+    SaleClosed,
+    /// 404 not_found
+    #[error("no such route")]
+    NotFound,
+    /// 404 unknown_sale
+    #[error("no such sale")]
+    UnknownSale,
+    /// 404 unknown_reservation
+    #[error("no such reservation")]
+    UnknownReservation,
+    /// 405 method_not_allowed
+    #[error("method not allowed; allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    /// 409 sold_out
+    #[error("sold out")]
+    SoldOut,
+    /// 409 sale_exists
+    #[error("a sale with this id exists; its stock was not changed")]
+    SaleExists,
+    /// 413 payload_too_large
+    #[error("body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 422 idempotency_key_reused
+    #[error("this Idempotency-Key was used for another user or quantity")]
+    IdempotencyKeyReused,
+    /// 429 limit_exceeded
+    #[error("per-user limit reached for this sale")]
+    LimitExceeded,
+    /// 503 overloaded: too many reserve calls in flight; retry after a second
+    #[error("too many requests in flight; retry shortly")]
+    Overloaded,
+    /// 503 unavailable: a store is down
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 internal
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminDisabled | SaleClosed => StatusCode::FORBIDDEN,
+            NotFound | UnknownSale | UnknownReservation => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            SoldOut | SaleExists => StatusCode::CONFLICT,
+            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => "invalid_request",
+            Unauthorized => "unauthorized",
+            AdminDisabled => "admin_disabled",
+            SaleClosed => "sale_closed",
+            NotFound => "not_found",
+            UnknownSale => "unknown_sale",
+            UnknownReservation => "unknown_reservation",
+            MethodNotAllowed(_) => "method_not_allowed",
+            SoldOut => "sold_out",
+            SaleExists => "sale_exists",
+            PayloadTooLarge(_) => "payload_too_large",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            LimitExceeded => "limit_exceeded",
+            Overloaded => "overloaded",
+            Unavailable(_) => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        let body = if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "Request failed.");
+            json!({ "error": self.code() })
+        } else {
+            json!({ "error": self.code(), "detail": self.to_string() })
+        };
+        let mut response = json_response(status, &body);
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Overloaded | ApiError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+
+    pub fn redis(err: redis::RedisError) -> Self {
+        if redis_store::is_unavailable(&err) {
+            ApiError::Unavailable(format!("Redis: {err}"))
+        } else {
+            ApiError::Internal(format!("Redis: {err}"))
+        }
+    }
+
+    pub fn db(err: DbError) -> Self {
+        if db::is_unavailable(&err) {
+            ApiError::Unavailable(format!("PostgreSQL: {err}"))
+        } else {
+            ApiError::Internal(format!("PostgreSQL: {err}"))
+        }
+    }
+}
+
+impl From<ReserveError> for ApiError {
+    fn from(err: ReserveError) -> Self {
+        match err {
+            ReserveError::UnknownSale => ApiError::UnknownSale,
+            ReserveError::SaleClosed => ApiError::SaleClosed,
+            ReserveError::LimitExceeded => ApiError::LimitExceeded,
+            ReserveError::SoldOut => ApiError::SoldOut,
+            ReserveError::IdempotencyMismatch => ApiError::IdempotencyKeyReused,
+            ReserveError::BadQuantity => ApiError::InvalidRequest(err.to_string()),
+            ReserveError::Unavailable(e) => ApiError::Unavailable(format!("Redis: {e}")),
+            ReserveError::Unexpected(e) => ApiError::Internal(format!("Redis: {e}")),
+        }
+    }
+}
+
+impl From<SaleError> for ApiError {
+    fn from(err: SaleError) -> Self {
+        match err {
+            SaleError::Exists => ApiError::SaleExists,
+            SaleError::Invalid(why) => ApiError::InvalidRequest(why.to_owned()),
+            SaleError::Unknown => ApiError::UnknownSale,
+            SaleError::Redis(e) => ApiError::redis(e),
+            SaleError::Db(e) => ApiError::db(e),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        ApiError::db(DbError::Query(err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        ApiError::db(DbError::Pool(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_error_is_4xx_and_every_outage_503() {
+        let cases = [
+            (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::AdminDisabled, 403, "admin_disabled"),
+            (ApiError::SaleClosed, 403, "sale_closed"),
+            (ApiError::UnknownSale, 404, "unknown_sale"),
+            (ApiError::SoldOut, 409, "sold_out"),
+            (ApiError::PayloadTooLarge(4096), 413, "payload_too_large"),
+            (ApiError::LimitExceeded, 429, "limit_exceeded"),
+            (ApiError::Overloaded, 503, "overloaded"),
+            (ApiError::Unavailable("x".into()), 503, "unavailable"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.code(), code);
+        }
+    }
+
+    #[test]
+    fn server_errors_hide_their_cause() {
+        let response = ApiError::Internal("password=hunter2".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = crate::response::body_text(&response);
+        assert!(!body.contains("hunter2"), "{body}");
+    }
+
+    #[test]
+    fn overload_tells_the_client_when_to_retry() {
+        let response = ApiError::Overloaded.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+    }
+}

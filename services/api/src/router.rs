@@ -1,0 +1,101 @@
+//! Maps a request to its route template and handler, and records request metrics
+//! after the response exists, whatever the handler returned.
+//!
+//! The route label is decided here, before any handler runs, so an error can never
+//! erase it (the seed system lost it in a global error handler). No handler logic here.
+
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use crate::error::ApiError;
+use crate::metrics;
+use crate::response::Response;
+use crate::routes;
+use crate::state::AppState;
+
+/// A matched route; `template()` is its metric label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Buy,
+    Sales,
+    Sale(String),
+    Reservation(String),
+    Healthz,
+    Readyz,
+    Metrics,
+    Unmatched,
+}
+
+impl Route {
+    pub fn parse(path: &str) -> Route {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segments.as_slice() {
+            ["buy"] => Route::Buy,
+            ["sales"] => Route::Sales,
+            ["sales", id] => Route::Sale((*id).to_owned()),
+            ["reservations", id] => Route::Reservation((*id).to_owned()),
+            ["healthz"] => Route::Healthz,
+            ["readyz"] => Route::Readyz,
+            ["metrics"] => Route::Metrics,
+            _ => Route::Unmatched,
+        }
+    }
+
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Buy => "/buy",
+            Route::Sales => "/sales",
+            Route::Sale(_) => "/sales/{id}",
+            Route::Reservation(_) => "/reservations/{id}",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Unmatched => "unmatched",
+        }
+    }
+}
+
+pub async fn dispatch(state: AppState, req: Request<Incoming>) -> Response {
+    let started = Instant::now();
+    let route = Route::parse(req.uri().path());
+    let method = req.method().clone();
+    let result = match (&route, &method) {
+        (Route::Buy, &Method::POST) => routes::buy::buy(&state, req).await,
+        (Route::Buy, _) => Err(ApiError::MethodNotAllowed("POST")),
+        (Route::Sales, &Method::POST) => routes::sales::create(&state, req).await,
+        (Route::Sales, _) => Err(ApiError::MethodNotAllowed("POST")),
+        (Route::Sale(id), &Method::GET) => routes::sales::show(&state, id).await,
+        (Route::Reservation(id), &Method::GET) => routes::reservations::show(&state, id).await,
+        (Route::Healthz, &Method::GET) => Ok(routes::health::healthz()),
+        (Route::Readyz, &Method::GET) => routes::health::readyz(&state).await,
+        (Route::Metrics, &Method::GET) => Ok(routes::health::metrics(&state)),
+        (Route::Sale(_) | Route::Reservation(_) | Route::Healthz | Route::Readyz | Route::Metrics, _) => {
+            Err(ApiError::MethodNotAllowed("GET"))
+        }
+        (Route::Unmatched, _) => Err(ApiError::NotFound),
+    };
+    let response = result.unwrap_or_else(ApiError::into_response);
+    metrics::record_request(
+        route.template(),
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_label_by_template_not_path() {
+        assert_eq!(Route::parse("/reservations/abc").template(), "/reservations/{id}");
+        assert_eq!(Route::parse("/sales/s1").template(), "/sales/{id}");
+        assert_eq!(Route::parse("/buy").template(), "/buy");
+        assert_eq!(Route::parse("/buy/extra").template(), "unmatched");
+        assert_eq!(Route::parse("/").template(), "unmatched");
+    }
+}

@@ -1,0 +1,151 @@
+//! `POST /buy`: take units with one reserve script call and answer 202.
+//!
+//! The reservation id is made here, before the call, so a call whose reply was lost
+//! (timeout) is retried with the same id and cannot take stock twice. Reserve calls in
+//! flight are bounded: at the bound the answer is 503 at once, never a queue that ends
+//! in timeouts after Redis already took the stock.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::{Deserialize, Serialize};
+use yoink_core::scripts::{self, Reserve, ReserveError};
+use yoink_core::{ReservationId, SaleId, UserId};
+
+use crate::error::ApiError;
+use crate::metrics::{record_reservation, set_in_flight};
+use crate::response::{Response, json_response, parse_json, read_json_body};
+use crate::state::AppState;
+
+/// Most units one request may ask for.
+pub const MAX_QUANTITY: i64 = 1_000;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuyRequest {
+    sale_id: SaleId,
+    user_id: UserId,
+    #[serde(default = "one")]
+    quantity: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted<'a> {
+    reservation_id: ReservationId,
+    sale_id: &'a SaleId,
+    user_id: &'a UserId,
+    quantity: i64,
+    status: &'static str,
+}
+
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!(
+                "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+fn outcome_label(result: &Result<scripts::Reservation, ReserveError>) -> &'static str {
+    match result {
+        Ok(r) if r.fresh => "reserved",
+        Ok(_) => "replayed",
+        Err(ReserveError::SoldOut) => "sold_out",
+        Err(ReserveError::LimitExceeded) => "limit_exceeded",
+        Err(ReserveError::UnknownSale) => "unknown_sale",
+        Err(ReserveError::SaleClosed) => "sale_closed",
+        Err(ReserveError::IdempotencyMismatch) => "idempotency_mismatch",
+        Err(ReserveError::BadQuantity) => "invalid",
+        Err(ReserveError::Unavailable(_)) => "unavailable",
+        Err(ReserveError::Unexpected(_)) => "error",
+    }
+}
+
+pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&req)?;
+    let body = read_json_body(req).await?;
+    let buy: BuyRequest = parse_json(&body)?;
+    if !(1..=MAX_QUANTITY).contains(&buy.quantity) {
+        return Err(ApiError::InvalidRequest(format!(
+            "quantity must be between 1 and {MAX_QUANTITY}"
+        )));
+    }
+
+    let Ok(_permit) = state.reserve_permits.clone().try_acquire_owned() else {
+        record_reservation("overloaded");
+        return Err(ApiError::Overloaded);
+    };
+    set_in_flight(state.max_in_flight - state.reserve_permits.available_permits());
+
+    let request = Reserve {
+        reservation_id: ReservationId::new(),
+        sale_id: &buy.sale_id,
+        user_id: &buy.user_id,
+        quantity: buy.quantity,
+        idempotency_key: idempotency_key.as_deref(),
+    };
+    let result = reserve_retrying_lost_replies(state, &request).await;
+    record_reservation(outcome_label(&result));
+    let reservation = result?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            reservation_id: reservation.reservation_id,
+            sale_id: &buy.sale_id,
+            user_id: &buy.user_id,
+            quantity: buy.quantity,
+            status: "reserved",
+        },
+    ))
+}
+
+/// One reserve call, retried once with the same reservation id when the reply timed
+/// out: Redis may have run it, and the script answers a repeat with the original.
+async fn reserve_retrying_lost_replies(
+    state: &AppState,
+    request: &Reserve<'_>,
+) -> Result<scripts::Reservation, ReserveError> {
+    match reserve_once(state, request).await {
+        Err(ReserveError::Unavailable(err)) if err.is_timeout() => {
+            tracing::warn!(
+                reservation_id = %request.reservation_id,
+                error = %err,
+                "Reserve reply lost; retrying with the same id."
+            );
+            reserve_once(state, request).await
+        }
+        other => other,
+    }
+}
+
+/// One reserve call, bounded in time even while the connection is being re-established.
+async fn reserve_once(
+    state: &AppState,
+    request: &Reserve<'_>,
+) -> Result<scripts::Reservation, ReserveError> {
+    let mut conn = state.redis.clone();
+    tokio::time::timeout(
+        state.redis_timeout,
+        scripts::reserve(&mut conn, &state.keys, request),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ReserveError::Unavailable(redis::RedisError::from(
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "reserve call timed out"),
+        )))
+    })
+}

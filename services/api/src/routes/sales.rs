@@ -1,0 +1,91 @@
+//! `POST /sales` (admin) creates a sale; `GET /sales/{id}` shows its figures.
+//!
+//! Creating a sale that exists answers 409 and never touches its stock.
+
+use constant_time_eq::constant_time_eq;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+use yoink_core::SaleId;
+use yoink_core::sales::{self, NewSale};
+use yoink_core::scripts::SaleTerms;
+
+use crate::error::ApiError;
+use crate::response::{Response, json_response, parse_json, read_json_body};
+use crate::state::AppState;
+
+/// A sale time: RFC 3339 text or epoch milliseconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TimeInput {
+    Millis(i64),
+    Text(String),
+}
+
+impl TimeInput {
+    fn millis(&self) -> Result<i64, ApiError> {
+        match self {
+            TimeInput::Millis(ms) => sales::parse_time(&ms.to_string()),
+            TimeInput::Text(text) => sales::parse_time(text),
+        }
+        .map_err(ApiError::from)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSale {
+    sale_id: SaleId,
+    stock: i64,
+    #[serde(default)]
+    limit_per_user: i64,
+    starts_at: Option<TimeInput>,
+    ends_at: Option<TimeInput>,
+}
+
+/// Admin endpoints need `Authorization: Bearer $YOINK_ADMIN_TOKEN`; with no token
+/// configured they are off.
+fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(ApiError::AdminDisabled);
+    };
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    authorize(state, &req)?;
+    let body = read_json_body(req).await?;
+    let input: CreateSale = parse_json(&body)?;
+    let sale = NewSale {
+        sale_id: input.sale_id,
+        terms: SaleTerms {
+            initial_stock: input.stock,
+            limit_per_user: input.limit_per_user,
+            starts_at_ms: input.starts_at.as_ref().map(TimeInput::millis).transpose()?.unwrap_or(0),
+            ends_at_ms: input.ends_at.as_ref().map(TimeInput::millis).transpose()?.unwrap_or(0),
+        },
+    };
+    let mut redis = state.redis.clone();
+    sales::create_sale(&mut redis, &state.keys, &state.pool, &sale).await?;
+    let view = sales::view_sale(&mut redis, &state.keys, &state.pool, &sale.sale_id).await?;
+    Ok(json_response(StatusCode::CREATED, &view))
+}
+
+pub async fn show(state: &AppState, raw_id: &str) -> Result<Response, ApiError> {
+    let sale = SaleId::parse(raw_id)
+        .map_err(|err| ApiError::InvalidRequest(format!("sale id {err}")))?;
+    let mut redis = state.redis.clone();
+    let view = sales::view_sale(&mut redis, &state.keys, &state.pool, &sale).await?;
+    Ok(json_response(StatusCode::OK, &view))
+}

@@ -1,0 +1,24 @@
+//! What every request handler shares: store handles, keys, the admin token and the
+//! bound on reserve calls in flight. Cheap to clone; holds no per-request state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
+use yoink_core::{Keyspace, RedisConn};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub redis: RedisConn,
+    pub keys: Keyspace,
+    pub pool: Pool,
+    pub admin_token: Option<Arc<str>>,
+    /// Permits for reserve scripts in flight; `try_acquire` failing means 503 now.
+    pub reserve_permits: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub metrics: PrometheusHandle,
+    /// Longest wait for one Redis call, reconnects included.
+    pub redis_timeout: Duration,
+}
