@@ -235,7 +235,7 @@ if run_b; then
 
   log "Part B: yoink migrate (database $DB_NAME)"
   DB_CREATED=1 # from here on the trap drops it (IF EXISTS)
-  "$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed (see $TMP/migrate.log)"
+  "$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed (its log is printed below)"
 
   log "Part B: yoink serve on $BASE"
   # shellcheck disable=SC2046

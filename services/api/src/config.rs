@@ -15,7 +15,7 @@ pub struct ApiArgs {
 
     /// Most reserve scripts in flight at once; beyond it /buy answers 503 at once
     /// instead of queueing into Redis timeouts.
-    #[arg(long, env = "YOINK_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(long, env = "YOINK_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
 
     /// Seconds a client may take to send its request headers.
@@ -33,7 +33,7 @@ impl ApiArgs {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: None,
-            max_in_flight: 1024,
+            max_in_flight: 4096,
             header_timeout_secs: 10,
             shutdown_grace_secs: 10,
         }

@@ -52,14 +52,18 @@ pub async fn read_json_body(req: hyper::Request<Incoming>) -> Result<Bytes, ApiE
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge(MAX_BODY))
         }
-        Err(err) => Err(ApiError::InvalidRequest(format!("could not read body: {err}"))),
+        Err(err) => Err(ApiError::InvalidRequest(format!(
+            "could not read body: {err}"
+        ))),
     }
 }
 
 /// Parses JSON, turning serde's message into the 400's detail.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::InvalidRequest("body must be a JSON object".into()));
+        return Err(ApiError::InvalidRequest(
+            "body must be a JSON object".into(),
+        ));
     }
     serde_json::from_slice(body).map_err(|err| ApiError::InvalidRequest(format!("bad JSON: {err}")))
 }
@@ -69,7 +73,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 pub fn body_text(response: &Response) -> String {
     use http_body_util::BodyExt as _;
     let body = response.body().clone();
-    let bytes = futures_lite_block_on(body.collect()).map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = futures_lite_block_on(body.collect())
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

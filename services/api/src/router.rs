@@ -71,9 +71,14 @@ pub async fn dispatch(state: AppState, req: Request<Incoming>) -> Response {
         (Route::Healthz, &Method::GET) => Ok(routes::health::healthz()),
         (Route::Readyz, &Method::GET) => routes::health::readyz(&state).await,
         (Route::Metrics, &Method::GET) => Ok(routes::health::metrics(&state)),
-        (Route::Sale(_) | Route::Reservation(_) | Route::Healthz | Route::Readyz | Route::Metrics, _) => {
-            Err(ApiError::MethodNotAllowed("GET"))
-        }
+        (
+            Route::Sale(_)
+            | Route::Reservation(_)
+            | Route::Healthz
+            | Route::Readyz
+            | Route::Metrics,
+            _,
+        ) => Err(ApiError::MethodNotAllowed("GET")),
         (Route::Unmatched, _) => Err(ApiError::NotFound),
     };
     let response = result.unwrap_or_else(ApiError::into_response);
@@ -92,7 +97,10 @@ mod tests {
 
     #[test]
     fn routes_label_by_template_not_path() {
-        assert_eq!(Route::parse("/reservations/abc").template(), "/reservations/{id}");
+        assert_eq!(
+            Route::parse("/reservations/abc").template(),
+            "/reservations/{id}"
+        );
         assert_eq!(Route::parse("/sales/s1").template(), "/sales/{id}");
         assert_eq!(Route::parse("/buy").template(), "/buy");
         assert_eq!(Route::parse("/buy/extra").template(), "unmatched");

@@ -83,7 +83,10 @@ mod tests {
 
     #[test]
     fn redacts_credentials_only() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://***@h:5432/db"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

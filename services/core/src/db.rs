@@ -50,7 +50,10 @@ fn parse(url: &str) -> Result<tokio_postgres::Config, DbError> {
 /// Safe to run from several processes at once.
 pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     let config = parse(url)?;
-    let name = config.get_dbname().ok_or(DbError::NoDatabaseName)?.to_owned();
+    let name = config
+        .get_dbname()
+        .ok_or(DbError::NoDatabaseName)?
+        .to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
     let (client, connection) = admin.connect(NoTls).await.map_err(DbError::Connect)?;
@@ -115,6 +118,17 @@ pub async fn migrate(pool: &Pool) -> Result<(), DbError> {
     // The schema may have changed under statements this connection prepared.
     conn.statement_cache.clear();
     outcome.map_err(DbError::from)
+}
+
+/// A fingerprint of the embedded migrations: changes whenever `schema/` changes
+/// (test helpers name their template database after it).
+pub fn schema_fingerprint() -> u64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |acc, m| {
+            (acc ^ m.checksum()).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// True when a PostgreSQL error means "could not reach PostgreSQL or it went away",

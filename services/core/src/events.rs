@@ -42,7 +42,9 @@ pub struct Reserved {
 pub enum SaleEvent {
     Reserved(Reserved),
     /// Units of a reservation went back on sale; projectors only acknowledge these.
-    Released { reservation_id: ReservationId },
+    Released {
+        reservation_id: ReservationId,
+    },
 }
 
 /// Why a stream entry could not be read as an event: a permanent error for the entry.

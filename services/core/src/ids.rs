@@ -98,9 +98,7 @@ impl ReservationId {
     }
 
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        Uuid::try_parse(raw)
-            .map(Self)
-            .map_err(|_| IdError::NotUuid)
+        Uuid::try_parse(raw).map(Self).map_err(|_| IdError::NotUuid)
     }
 
     pub fn as_uuid(&self) -> Uuid {

@@ -29,7 +29,10 @@ impl RedisConn {
 
     /// Opens a separate connection for blocking commands, with a response timeout of
     /// `timeout` (longer than any BLOCK it will send) or none.
-    pub async fn dedicated(args: &StoreArgs, timeout: Option<Duration>) -> redis::RedisResult<Self> {
+    pub async fn dedicated(
+        args: &StoreArgs,
+        timeout: Option<Duration>,
+    ) -> redis::RedisResult<Self> {
         Self::open_with_timeout(args, timeout).await
     }
 
@@ -40,8 +43,8 @@ impl RedisConn {
         let connect_timeout = Duration::from_millis(args.redis_timeout_ms.clamp(100, 2_000));
         if args.redis_cluster {
             let nodes: Vec<&str> = args.redis_url.split(',').map(str::trim).collect();
-            let mut builder = redis::cluster::ClusterClient::builder(nodes)
-                .connection_timeout(connect_timeout);
+            let mut builder =
+                redis::cluster::ClusterClient::builder(nodes).connection_timeout(connect_timeout);
             if let Some(timeout) = response_timeout {
                 builder = builder.response_timeout(timeout);
             }

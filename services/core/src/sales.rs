@@ -128,7 +128,11 @@ pub async fn create_sale(
     let _: i64 = redis
         .sadd(keys.sales_registry(), sale.sale_id.as_str())
         .await?;
-    if created { Ok(()) } else { Err(SaleError::Exists) }
+    if created {
+        Ok(())
+    } else {
+        Err(SaleError::Exists)
+    }
 }
 
 /// The sale's definition as PostgreSQL holds it.
@@ -208,7 +212,9 @@ pub fn parse_time(raw: &str) -> Result<i64, SaleError> {
     }
     raw.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
-        .map_err(|_| SaleError::Invalid("times must be RFC 3339 (2026-11-25T12:00:00Z) or epoch ms"))
+        .map_err(|_| {
+            SaleError::Invalid("times must be RFC 3339 (2026-11-25T12:00:00Z) or epoch ms")
+        })
 }
 
 #[cfg(test)]

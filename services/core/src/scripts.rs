@@ -13,10 +13,12 @@ use crate::ids::{ReservationId, SaleId, UserId};
 use crate::keys::Keyspace;
 use crate::redis_store::{RedisConn, is_unavailable};
 
-static RESERVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
+static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reserve.lua")));
 static CREATE_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/create_sale.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 static SALE_SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/sale_snapshot.lua")));
 
@@ -216,7 +218,17 @@ pub async fn sale_snapshot(
         .key(keys.events(sale))
         .invoke_async(conn)
         .await?;
-    let [initial, remaining, reserved, released, limit, starts, ends, length] = values[..] else {
+    let [
+        initial,
+        remaining,
+        reserved,
+        released,
+        limit,
+        starts,
+        ends,
+        length,
+    ] = values[..]
+    else {
         return Ok(None);
     };
     Ok(Some(SaleSnapshot {

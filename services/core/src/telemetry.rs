@@ -64,10 +64,7 @@ pub fn prometheus() -> PrometheusHandle {
 
 /// Serves `GET /metrics` (and `GET /healthz`) on `listener` until `shutdown` resolves.
 /// For the projector and reconciler, which have no HTTP API.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve_metrics(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
     let handle = prometheus();
     tokio::pin!(shutdown);
     loop {

@@ -1,1 +1,57 @@
-//! placeholder
+//! Test helpers shared by every crate's integration tests: a database per test cloned
+//! from a migrated template, a Redis key prefix per test, private Redis servers for
+//! tests that stop one, and `spawn_app` running the real API in-process.
+//!
+//! Tests run in parallel: nothing here may flush or stop a shared server, and every
+//! name a test creates is unique to it.
+
+mod app;
+mod postgres;
+mod redis_servers;
+
+pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with};
+pub use postgres::{PrivatePostgres, TestDb};
+pub use redis_servers::{PrivateRedis, TestRedis};
+
+/// The PostgreSQL server tests use (`TEST_DATABASE_URL`, default the local one). Its
+/// database part is ignored: each test gets its own database.
+pub fn postgres_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The shared Redis tests use (`TEST_REDIS_URL`, default the local one).
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A name no other test uses: `{prefix}_{uuid-ish}`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free port on loopback")
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -29,8 +29,16 @@ pub async fn readyz(state: &AppState) -> Result<Response, ApiError> {
         }
     };
     let (redis_ok, postgres_ok) = tokio::join!(
-        async { tokio::time::timeout(CHECK_TIMEOUT, redis).await.unwrap_or(false) },
-        async { tokio::time::timeout(CHECK_TIMEOUT, postgres).await.unwrap_or(false) },
+        async {
+            tokio::time::timeout(CHECK_TIMEOUT, redis)
+                .await
+                .unwrap_or(false)
+        },
+        async {
+            tokio::time::timeout(CHECK_TIMEOUT, postgres)
+                .await
+                .unwrap_or(false)
+        },
     );
     let word = |ok: bool| if ok { "ok" } else { "down" };
     if redis_ok && postgres_ok {

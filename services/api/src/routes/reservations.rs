@@ -64,7 +64,11 @@ async fn decided(state: &AppState, id: ReservationId) -> Result<Option<Reservati
             sale_id: r.get(0),
             user_id: r.get(1),
             quantity: r.get(2),
-            status: if fate == "released" { "released" } else { "confirmed" },
+            status: if fate == "released" {
+                "released"
+            } else {
+                "confirmed"
+            },
             reserved_at_ms: r.get(6),
             order_id: r.get(5),
             reason: r.get(4),
@@ -99,14 +103,20 @@ async fn undecided(
             continue;
         };
         let Some(record) = ReservationRecord::parse(&record) else {
-            return Err(ApiError::Internal(format!("unreadable reservation record in sale {sale}")));
+            return Err(ApiError::Internal(format!(
+                "unreadable reservation record in sale {sale}"
+            )));
         };
         return Ok(Some(ReservationView {
             reservation_id: id,
             sale_id: sale.clone(),
             user_id: record.user_id,
             quantity: record.quantity,
-            status: if record.released { "released" } else { "reserved" },
+            status: if record.released {
+                "released"
+            } else {
+                "reserved"
+            },
             reserved_at_ms: record.reserved_at_ms,
             order_id: None,
             reason: None,

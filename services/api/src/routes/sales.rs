@@ -72,8 +72,18 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
         terms: SaleTerms {
             initial_stock: input.stock,
             limit_per_user: input.limit_per_user,
-            starts_at_ms: input.starts_at.as_ref().map(TimeInput::millis).transpose()?.unwrap_or(0),
-            ends_at_ms: input.ends_at.as_ref().map(TimeInput::millis).transpose()?.unwrap_or(0),
+            starts_at_ms: input
+                .starts_at
+                .as_ref()
+                .map(TimeInput::millis)
+                .transpose()?
+                .unwrap_or(0),
+            ends_at_ms: input
+                .ends_at
+                .as_ref()
+                .map(TimeInput::millis)
+                .transpose()?
+                .unwrap_or(0),
         },
     };
     let mut redis = state.redis.clone();
@@ -83,8 +93,8 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
 }
 
 pub async fn show(state: &AppState, raw_id: &str) -> Result<Response, ApiError> {
-    let sale = SaleId::parse(raw_id)
-        .map_err(|err| ApiError::InvalidRequest(format!("sale id {err}")))?;
+    let sale =
+        SaleId::parse(raw_id).map_err(|err| ApiError::InvalidRequest(format!("sale id {err}")))?;
     let mut redis = state.redis.clone();
     let view = sales::view_sale(&mut redis, &state.keys, &state.pool, &sale).await?;
     Ok(json_response(StatusCode::OK, &view))

@@ -1,1 +1,8 @@
+//! Integration tests of the HTTP API against real Redis and PostgreSQL. One binary;
+//! each test runs its own app with its own database and Redis key prefix.
 
+mod bad_requests;
+mod buy;
+mod outage;
+mod sales;
+mod server;

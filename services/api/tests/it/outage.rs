@@ -1,0 +1,104 @@
+//! A store that is down gets 503 quickly; the service recovers without a restart.
+
+use std::time::{Duration, Instant};
+
+use yoink_testkit::{AppOptions, PrivateRedis, spawn_app_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_answers_503_within_a_second_and_recovers_when_it_returns() {
+    let mut redis = PrivateRedis::start().await;
+    let app = spawn_app_with(AppOptions {
+        redis_url: Some(redis.url()),
+        ..AppOptions::default()
+    })
+    .await;
+    app.create_sale("outage", 100, 0).await;
+    assert_eq!(app.buy("outage", "before", 1).await.0, 202);
+
+    redis.stop();
+    for i in 0..5 {
+        let started = Instant::now();
+        let (status, body) = app.buy("outage", &format!("during-{i}"), 1).await;
+        let took = started.elapsed();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "unavailable");
+        assert!(took < Duration::from_secs(1), "503 took {took:?}");
+    }
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["redis"], "down");
+    assert_eq!(body["postgres"], "ok");
+    assert_eq!(
+        app.get("/healthz").await.0,
+        200,
+        "alive even when not ready"
+    );
+
+    // The private server lost its data with the process; a sale is made again and the
+    // same app (no restart) serves it.
+    redis.start_again().await;
+    let recovered = yoink_testkit::eventually(Duration::from_secs(5), || async {
+        app.get("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(recovered, "/readyz never came back");
+    let redis_conn = app.redis.clone();
+    let mut conn = redis_conn.clone();
+    let created = yoink_core::scripts::create_sale(
+        &mut conn,
+        app.keys(),
+        &yoink_core::SaleId::parse("outage").expect("valid"),
+        &yoink_core::scripts::SaleTerms {
+            initial_stock: 5,
+            limit_per_user: 0,
+            starts_at_ms: 0,
+            ends_at_ms: 0,
+        },
+    )
+    .await
+    .expect("Redis is back");
+    assert!(created);
+    assert_eq!(app.buy("outage", "after", 1).await.0, 202);
+}
+
+#[tokio::test]
+async fn postgres_unreachable_makes_readyz_503_and_buy_still_work() {
+    // PostgreSQL URL pointing at a port nobody listens on; Redis is fine.
+    let app = spawn_app_with(AppOptions::default()).await;
+    app.create_sale("pg-down", 5, 0).await;
+    let mut stores = app.stores.clone();
+    stores.database_url = format!(
+        "postgres://postgres@127.0.0.1:{}/nothing",
+        yoink_testkit::free_port()
+    );
+    let state = yoink_api::state(&stores, &yoink_api::ApiArgs::local())
+        .await
+        .expect("state builds without reaching PostgreSQL");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(yoink_api::run(
+        listener,
+        state,
+        yoink_api::ApiArgs::local(),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let (status, body) =
+        yoink_testkit::TestApp::status_and_json(http.get(format!("{base}/readyz"))).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["postgres"], "down");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The buy path never touches PostgreSQL.
+    let (status, body) = yoink_testkit::TestApp::status_and_json(
+        http.post(format!("{base}/buy"))
+            .json(&serde_json::json!({"sale_id": "pg-down", "user_id": "u"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) =
+        yoink_testkit::TestApp::status_and_json(http.get(format!("{base}/sales/pg-down"))).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+}

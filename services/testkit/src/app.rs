@@ -1,0 +1,173 @@
+//! `spawn_app`: the real API, in-process, on 127.0.0.1:0, against real Redis and a
+//! database of the test's own, with typed request helpers.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use yoink_api::ApiArgs;
+use yoink_core::sales::{self, NewSale};
+use yoink_core::scripts::SaleTerms;
+use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs};
+
+use crate::{TestDb, TestRedis};
+
+/// How to start the app under test.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    pub admin_token: Option<String>,
+    pub max_in_flight: Option<usize>,
+    /// Another Redis (a `PrivateRedis`) instead of the shared one.
+    pub redis_url: Option<String>,
+    /// Another PostgreSQL server (a `PrivatePostgres`) instead of the shared one.
+    pub postgres_server_url: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    pub header_timeout_secs: Option<u64>,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: TestDb,
+    pub redis_keys: TestRedis,
+    pub redis: RedisConn,
+    pub stores: StoreArgs,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let db = match &options.postgres_server_url {
+        Some(url) => TestDb::on_server(url).await,
+        None => TestDb::new().await,
+    };
+    let redis_keys = match &options.redis_url {
+        Some(url) => TestRedis::on(url.clone()),
+        None => TestRedis::new(),
+    };
+    let mut stores = StoreArgs::local(db.url.clone(), redis_keys.url.clone());
+    stores.key_prefix = redis_keys.keys.prefix().to_owned();
+    if let Some(ms) = options.redis_timeout_ms {
+        stores.redis_timeout_ms = ms;
+    }
+    let mut args = ApiArgs::local();
+    args.admin_token = options.admin_token.clone();
+    if let Some(secs) = options.header_timeout_secs {
+        args.header_timeout_secs = secs;
+    }
+    if let Some(bound) = options.max_in_flight {
+        args.max_in_flight = bound;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address");
+    let state = yoink_api::state(&stores, &args).await.expect("app state");
+    let redis = state.redis.clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(yoink_api::run(listener, state, args, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .expect("HTTP client"),
+        db,
+        redis_keys,
+        redis,
+        stores,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn keys(&self) -> &Keyspace {
+        &self.redis_keys.keys
+    }
+
+    /// Creates a sale directly through the core (not over HTTP).
+    pub async fn create_sale(&self, id: &str, stock: i64, limit_per_user: i64) -> SaleId {
+        let sale_id = SaleId::parse(id).expect("test sale ids are valid");
+        let pool = self.db.pool();
+        let mut redis = self.redis.clone();
+        sales::create_sale(
+            &mut redis,
+            self.keys(),
+            &pool,
+            &NewSale {
+                sale_id: sale_id.clone(),
+                terms: SaleTerms {
+                    initial_stock: stock,
+                    limit_per_user,
+                    starts_at_ms: 0,
+                    ends_at_ms: 0,
+                },
+            },
+        )
+        .await
+        .expect("create test sale");
+        sale_id
+    }
+
+    /// `POST /buy`; returns the status and the JSON body.
+    pub async fn buy(&self, sale: &str, user: &str, quantity: i64) -> (u16, Value) {
+        self.buy_with_key(sale, user, quantity, None).await
+    }
+
+    pub async fn buy_with_key(
+        &self,
+        sale: &str,
+        user: &str,
+        quantity: i64,
+        idempotency_key: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/buy", self.base))
+            .json(&json!({ "sale_id": sale, "user_id": user, "quantity": quantity }));
+        if let Some(key) = idempotency_key {
+            req = req.header("Idempotency-Key", key);
+        }
+        Self::status_and_json(req).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        Self::status_and_json(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn status_and_json(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = req.send().await.expect("request reaches the test server");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("response body");
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        (status, json)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

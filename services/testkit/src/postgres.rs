@@ -1,0 +1,277 @@
+//! A PostgreSQL database per test, cloned from a template migrated once per schema
+//! version; and a private PostgreSQL server for tests that stop one.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+use yoink_core::db;
+
+use crate::{free_port, postgres_server_url, unique_name};
+
+/// Arbitrary advisory lock key guarding template creation across test processes.
+const TEMPLATE_LOCK: i64 = 0x5949_4e4b_5450_4c00;
+
+/// `base` with its database replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    match base.rfind('/') {
+        Some(slash) if slash > base.find("://").map_or(0, |i| i + 2) => {
+            let rest = &base[slash + 1..];
+            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
+            format!("{}/{}{}", &base[..slash], name, query)
+        }
+        _ => format!("{base}/{name}"),
+    }
+}
+
+async fn admin_client(server_url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&with_database(server_url, "postgres"), NoTls)
+            .await
+            .expect("tests need PostgreSQL: is it running? (.ci/run starts it)");
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates the migrated template for the current schema unless it exists.
+async fn ensure_template(server_url: &str) -> String {
+    let template = format!("yoink_tpl_{:016x}", db::schema_fingerprint());
+    let admin = admin_client(server_url).await;
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK])
+        .await
+        .expect("advisory lock");
+    let ready = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate",
+            &[&template],
+        )
+        .await
+        .expect("query pg_database")
+        .is_some();
+    if !ready {
+        // A half-made template from a crashed run is dropped and made again.
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{template}\" WITH (FORCE)"
+            ))
+            .await
+            .expect("drop stale template");
+        let url = with_database(server_url, &template);
+        db::ensure_database(&url).await.expect("create template");
+        let pool = db::pool(&url, 1).expect("template pool");
+        db::migrate(&pool).await.expect("migrate template");
+        pool.close();
+        drop(pool);
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{template}\" WITH IS_TEMPLATE true"
+            ))
+            .await
+            .expect("mark template");
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK])
+        .await
+        .expect("advisory unlock");
+    template
+}
+
+/// A database of its own for one test, migrated, dropped when the value is dropped.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    server_url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self::on_server(&postgres_server_url()).await
+    }
+
+    /// A database on another server (a `PrivatePostgres`).
+    pub async fn on_server(server_url: &str) -> Self {
+        let template = ensure_template(server_url).await;
+        let name = unique_name("yoink_test");
+        let admin = admin_client(server_url).await;
+        let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
+        let mut attempts = 0;
+        // The template may still be held for a moment by the connection that migrated it.
+        while let Err(err) = admin.batch_execute(&create).await {
+            attempts += 1;
+            assert!(attempts < 50, "cannot clone the template: {err}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            url: with_database(server_url, &name),
+            name,
+            server_url: server_url.to_owned(),
+        }
+    }
+
+    /// A fresh pool on this database.
+    pub fn pool(&self) -> deadpool_postgres::Pool {
+        db::pool(&self.url, 4).expect("test pool")
+    }
+
+    /// Runs a query expecting one bigint (`SELECT count(*) ...`).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let pool = self.pool();
+        let client = pool.get().await.expect("test db connection");
+        client.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server_url = self.server_url.clone();
+        let name = self.name.clone();
+        // Drop runs outside async; a short-lived runtime on its own thread does the DROP.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let url = with_database(&server_url, "postgres");
+                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb into a temp dir), for tests that stop
+/// and restart PostgreSQL. Runs as the `postgres` user when the tests run as root.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    let root = PathBuf::from("/usr/lib/postgresql");
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+}
+
+fn as_postgres_user(bin: &std::path::Path, tool: &str) -> Command {
+    let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+    if is_root {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        cmd
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("yoink-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let bin = pg_bin();
+        let status = as_postgres_user(&bin, "initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        let pg = Self {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        pg.start_again().await;
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn start_again(&self) {
+        let status = as_postgres_user(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            ))
+            .args(["-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_ctl start");
+        assert!(status.success(), "pg_ctl start failed");
+    }
+
+    /// Stops the server at once (in-flight transactions are rolled back).
+    pub fn stop(&self) {
+        let _ = as_postgres_user(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_part() {
+        assert_eq!(
+            with_database("postgres://u@h:1/postgres", "x"),
+            "postgres://u@h:1/x"
+        );
+        assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+    }
+}
