@@ -133,6 +133,8 @@ if run_b; then
 fi
 
 # ---------------------------------------------------------------- private Redis
+# 1-, 5- and 15-minute load averages (after any build), printed in the summary.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 REDIS_PORT=$(free_port)
 log "starting private redis-server on 127.0.0.1:$REDIS_PORT"
 # shellcheck disable=SC2046
@@ -313,6 +315,7 @@ else
   printf '%-34s %s\n' "ratio /buy / ceiling" "n/a (PART=$PART)"
 fi
 printf '%-34s %s\n' "machine" "nproc=$(nproc)  cpu: ${cpu_model:-unknown}"
+printf '%-34s %s\n' "load average" "before: $LOAD_BEFORE  after: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)  (other work on the box skews every figure)"
 printf '%-34s %s\n' "pinning" "redis=${PIN_REDIS:-none} yoink=${PIN_YOINK:-none} load generator=${PIN_WRK:-none}"
 echo "free -g:"
 free -g

@@ -2,9 +2,11 @@
 -- 'released' (its units went back on sale). The primary key makes a second decision
 -- impossible; orders reference ('confirmed') fates only, so a released reservation can
 -- never hold an order and an order can never be released.
+-- sale_id has no foreign key on purpose: a reservation for a sale PostgreSQL does not
+-- know (it must refuse its order) still needs its 'released' fate recorded.
 CREATE TABLE reservation_fates (
     reservation_id uuid        PRIMARY KEY,
-    sale_id        text        NOT NULL REFERENCES sales (sale_id),
+    sale_id        text        NOT NULL,
     user_id        text        NOT NULL CHECK (user_id ~ '^[A-Za-z0-9_.:-]{1,64}$'),
     quantity       bigint      NOT NULL CHECK (quantity > 0),
     fate           text        NOT NULL CHECK (fate IN ('confirmed', 'released')),

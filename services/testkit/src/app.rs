@@ -171,3 +171,107 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// A projector running in-process against the app's stores.
+pub struct RunningProjector {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningProjector {
+    /// Asks it to stop (as SIGTERM would) and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningProjector {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// What the group on a sale stream still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupState {
+    pub pending: usize,
+    pub lag: usize,
+}
+
+impl TestApp {
+    /// Starts a projector named `consumer` with test-friendly timings.
+    pub fn projector(&self, consumer: &str) -> RunningProjector {
+        self.projector_with(yoink_projector::ProjectorArgs::local(consumer))
+    }
+
+    pub fn projector_with(&self, args: yoink_projector::ProjectorArgs) -> RunningProjector {
+        let (tx, rx) = oneshot::channel::<()>();
+        let stores = self.stores.clone();
+        let task = tokio::spawn(async move {
+            if let Err(err) = yoink_projector::run(&stores, args, async {
+                let _ = rx.await;
+            })
+            .await
+            {
+                panic!("projector failed to start: {err}");
+            }
+        });
+        RunningProjector {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Takes units straight through the reserve script (as `/buy` does, minus HTTP),
+    /// for tests that need many reservations fast.
+    pub async fn reserve_direct(&self, sale: &SaleId, user: &str, quantity: i64) -> bool {
+        let user = yoink_core::UserId::parse(user).expect("test user ids are valid");
+        let mut redis = self.redis.clone();
+        let request = yoink_core::scripts::Reserve {
+            reservation_id: yoink_core::ReservationId::new(),
+            sale_id: sale,
+            user_id: &user,
+            quantity,
+            idempotency_key: None,
+        };
+        yoink_core::scripts::reserve(&mut redis, self.keys(), &request)
+            .await
+            .is_ok()
+    }
+
+    /// Pending entries and lag of the projector group on `sale`'s stream.
+    pub async fn group_state(&self, sale: &SaleId) -> GroupState {
+        use redis::AsyncCommands;
+        let mut redis = self.redis.clone();
+        let info: redis::streams::StreamInfoGroupsReply = redis
+            .xinfo_groups(self.keys().events(sale))
+            .await
+            .unwrap_or_default();
+        info.groups
+            .iter()
+            .find(|g| g.name == yoink_core::keys::PROJECTOR_GROUP)
+            .map(|g| GroupState {
+                pending: g.pending,
+                lag: g.lag.unwrap_or(usize::MAX),
+            })
+            .unwrap_or(GroupState {
+                pending: usize::MAX,
+                lag: usize::MAX,
+            })
+    }
+
+    /// Waits until the group on `sale` has nothing pending and no lag.
+    pub async fn wait_drained(&self, sale: &SaleId, timeout: std::time::Duration) -> bool {
+        crate::eventually(timeout, || async {
+            self.group_state(sale).await == GroupState { pending: 0, lag: 0 }
+        })
+        .await
+    }
+}

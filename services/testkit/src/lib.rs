@@ -9,7 +9,7 @@ mod app;
 mod postgres;
 mod redis_servers;
 
-pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with};
+pub use app::{AppOptions, GroupState, RunningProjector, TestApp, spawn_app, spawn_app_with};
 pub use postgres::{PrivatePostgres, TestDb};
 pub use redis_servers::{PrivateRedis, TestRedis};
 

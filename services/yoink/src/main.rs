@@ -11,6 +11,7 @@ use yoink_api::ApiArgs;
 use yoink_core::sales::{self, NewSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, shutdown};
+use yoink_projector::ProjectorArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "yoink", version, about = "Flash-sale purchase backend")]
@@ -32,6 +33,20 @@ enum Command {
         /// Do not apply migrations on start.
         #[arg(long, env = "YOINK_NO_MIGRATE")]
         no_migrate: bool,
+    },
+    /// Run a projector: stream entries -> orders in PostgreSQL (and the outbox relay).
+    Project {
+        #[command(flatten)]
+        args: ProjectorArgs,
+    },
+    /// Run only the outbox relay (publishes order events to the order-events stream).
+    Relay {
+        /// Outbox rows published per transaction.
+        #[arg(long, env = "YOINK_RELAY_BATCH", default_value_t = 500)]
+        batch: i64,
+        /// Milliseconds between passes when the outbox is drained.
+        #[arg(long, env = "YOINK_RELAY_INTERVAL_MS", default_value_t = 200)]
+        interval_ms: u64,
     },
     /// Manage sales.
     Sale {
@@ -74,6 +89,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => migrate(&cli.stores).await,
         Command::Serve { api, no_migrate } => serve(&cli.stores, api, no_migrate).await,
+        Command::Project { args } => {
+            migrate(&cli.stores).await?;
+            yoink_projector::run(&cli.stores, args, shutdown::signal())
+                .await
+                .context("projector")
+        }
+        Command::Relay { batch, interval_ms } => relay(&cli.stores, batch, interval_ms).await,
         Command::Sale {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
@@ -139,5 +161,25 @@ async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result
         .with_context(|| format!("creating sale {}", sale.sale_id))?;
     let view = sales::view_sale(&mut redis, &keys, &pool, &sale.sale_id).await?;
     println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(())
+}
+
+async fn relay(stores: &StoreArgs, batch: i64, interval_ms: u64) -> anyhow::Result<()> {
+    migrate(stores).await?;
+    let redis = RedisConn::open(stores).await.context("opening Redis")?;
+    let pool = db::pool(&stores.database_url, 2)?;
+    let keys = Keyspace::new(stores.key_prefix.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(yoink_projector::relay::run(
+        pool,
+        redis,
+        keys,
+        batch,
+        std::time::Duration::from_millis(interval_ms),
+        stop_rx,
+    ));
+    shutdown::signal().await;
+    let _ = stop_tx.send(true);
+    relay.await.context("relay task")?;
     Ok(())
 }

@@ -1,0 +1,406 @@
+//! One sale's projector loop: read new entries with `XREADGROUP`, project them in one
+//! PostgreSQL transaction per batch, `XACK` after commit; on a timer, reclaim stuck
+//! entries with `XAUTOCLAIM`, report pending and lag, and remove idle empty consumers.
+//!
+//! Never acknowledge an entry before what it stands for is committed in PostgreSQL,
+//! and never dead-letter on a transient error.
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use redis::AsyncCommands;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamClaimOptions, StreamInfoConsumersReply,
+    StreamInfoGroupsReply, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
+};
+use tokio::sync::watch;
+use yoink_core::events::SaleEvent;
+use yoink_core::keys::PROJECTOR_GROUP;
+use yoink_core::{Keyspace, RedisConn, SaleId};
+
+use crate::ProjectorArgs;
+use crate::dead_letter::dead_letter;
+use crate::entry::Entry;
+use crate::error::ProjectError;
+use crate::metrics;
+use crate::writer;
+
+/// Creates the consumer group on a sale's stream (and the stream), idempotently.
+pub async fn ensure_group(redis: &mut RedisConn, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis
+        .xgroup_create_mkstream(stream, PROJECTOR_GROUP, "0")
+        .await;
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// What one pass over a batch decided.
+#[derive(Default)]
+struct Outcome {
+    /// Committed (or nothing to commit): acknowledge.
+    ack: Vec<String>,
+    /// Refused for good this time: dead-letter once delivered often enough.
+    refused: Vec<(Entry, String)>,
+}
+
+pub struct SaleProjector {
+    pub sale: SaleId,
+    pub stream: String,
+    pub keys: Keyspace,
+    pub redis: RedisConn,
+    /// Own connection for the blocking `XREADGROUP`.
+    pub reader: RedisConn,
+    pub pool: Pool,
+    pub args: ProjectorArgs,
+    pub consumer: String,
+    claim_cursor: String,
+    next_reclaim: Instant,
+    next_cleanup: Instant,
+}
+
+impl SaleProjector {
+    pub fn new(
+        sale: SaleId,
+        keys: Keyspace,
+        redis: RedisConn,
+        reader: RedisConn,
+        pool: Pool,
+        args: ProjectorArgs,
+        consumer: String,
+    ) -> Self {
+        Self {
+            stream: keys.events(&sale),
+            sale,
+            keys,
+            redis,
+            reader,
+            pool,
+            args,
+            consumer,
+            claim_cursor: "0-0".into(),
+            next_reclaim: Instant::now(),
+            next_cleanup: Instant::now(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true; the batch in hand is finished first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        while let Err(err) = ensure_group(&mut self.redis, &self.stream).await {
+            tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group yet.");
+            if backoff.wait(&mut shutdown).await {
+                return;
+            }
+        }
+        tracing::info!(sale_id = %self.sale, consumer = %self.consumer, "Projecting sale.");
+        while !*shutdown.borrow() {
+            match self.read_new().await {
+                Ok(entries) => {
+                    backoff.reset();
+                    if !entries.is_empty() {
+                        self.handle(entries, &mut shutdown).await;
+                    }
+                }
+                Err(err) => {
+                    metrics::transient("redis");
+                    tracing::warn!(sale_id = %self.sale, error = %err, "XREADGROUP failed.");
+                    if backoff.wait(&mut shutdown).await {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() >= self.next_reclaim {
+                self.next_reclaim = Instant::now() + self.args.claim_interval();
+                if let Err(err) = self.reclaim(&mut shutdown).await {
+                    metrics::transient("redis");
+                    tracing::warn!(sale_id = %self.sale, error = %err, "Reclaim failed.");
+                }
+            }
+        }
+        tracing::info!(sale_id = %self.sale, "Sale projector stopped.");
+    }
+
+    async fn read_new(&mut self) -> redis::RedisResult<Vec<Entry>> {
+        let options = StreamReadOptions::default()
+            .group(PROJECTOR_GROUP, &self.consumer)
+            .count(self.args.batch_size)
+            .block(self.args.block_ms as usize);
+        let reply: Option<StreamReadReply> = self
+            .reader
+            .xread_options(&[&self.stream], &[">"], &options)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(Entry::from_stream)
+            .collect())
+    }
+
+    /// Projects `entries` until they are all committed-and-acked or refused; transient
+    /// errors are retried with backoff, keeping the entries claimed by this consumer.
+    async fn handle(&mut self, entries: Vec<Entry>, shutdown: &mut watch::Receiver<bool>) {
+        let started = Instant::now();
+        metrics::pool(&self.pool);
+        let mut backoff = Backoff::new();
+        let mut give_up_at = None;
+        let outcome = loop {
+            match self.project(&entries).await {
+                Ok(outcome) => break outcome,
+                Err(err) => {
+                    metrics::transient(match &err {
+                        ProjectError::Transient { kind, .. } => kind,
+                        ProjectError::Permanent(_) => "unexpected",
+                    });
+                    tracing::warn!(sale_id = %self.sale, error = %err, entries = entries.len(), "Batch not committed; retrying.");
+                    // Hold on to the entries: reset their idle time without counting a delivery.
+                    self.touch(&entries).await;
+                    if *shutdown.borrow() {
+                        // Shutting down: keep trying to finish the batch in hand for
+                        // the grace period, then leave it pending for XAUTOCLAIM.
+                        let deadline =
+                            *give_up_at.get_or_insert(Instant::now() + self.args.shutdown_grace());
+                        if Instant::now() >= deadline {
+                            tracing::warn!(sale_id = %self.sale, "Shutdown while the store is down; entries stay pending for XAUTOCLAIM.");
+                            return;
+                        }
+                        tokio::time::sleep(backoff.next()).await;
+                    } else {
+                        backoff.wait(shutdown).await;
+                    }
+                }
+            }
+        };
+        if !outcome.ack.is_empty()
+            && let Err(err) = self.ack(&outcome.ack).await
+        {
+            // Committed but not acked: a harmless redelivery later.
+            tracing::warn!(sale_id = %self.sale, error = %err, "XACK failed after commit.");
+        }
+        for (entry, reason) in outcome.refused {
+            self.refuse(&entry, &reason).await;
+        }
+        metrics::pool(&self.pool);
+        ::metrics::histogram!(metrics::BATCH_SIZE).record(entries.len() as f64);
+        ::metrics::histogram!(metrics::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
+    /// One pass: commits what it can. Err only for a transient failure.
+    async fn project(&self, entries: &[Entry]) -> Result<Outcome, ProjectError> {
+        let mut outcome = Outcome::default();
+        let mut to_confirm = Vec::new();
+        for entry in entries {
+            match &entry.event {
+                Ok(SaleEvent::Reserved(r)) => to_confirm.push((entry, r)),
+                Ok(SaleEvent::Released { .. }) => {
+                    metrics::event("released_ack", 1);
+                    outcome.ack.push(entry.id.clone());
+                }
+                Err(err) => outcome
+                    .refused
+                    .push((entry.clone(), format!("malformed event: {err}"))),
+            }
+        }
+        let batch: Vec<(&str, &yoink_core::events::Reserved)> = to_confirm
+            .iter()
+            .map(|(e, r)| (e.id.as_str(), *r))
+            .collect();
+        match writer::confirm(&self.pool, &batch).await {
+            Ok(new) => {
+                metrics::event("confirmed", new);
+                metrics::event("duplicate", batch.len() as u64 - new);
+                outcome
+                    .ack
+                    .extend(to_confirm.iter().map(|(e, _)| e.id.clone()));
+            }
+            Err(err @ ProjectError::Transient { .. }) => return Err(err),
+            Err(ProjectError::Permanent(why)) => {
+                // One entry spoils the batch: find it by projecting one at a time.
+                tracing::info!(sale_id = %self.sale, reason = %why, "Batch refused; isolating the entry.");
+                for (entry, reserved) in &to_confirm {
+                    match writer::confirm(&self.pool, &[(entry.id.as_str(), reserved)]).await {
+                        Ok(new) => {
+                            metrics::event("confirmed", new);
+                            metrics::event("duplicate", 1 - new);
+                            outcome.ack.push(entry.id.clone());
+                        }
+                        Err(ProjectError::Permanent(why)) => {
+                            outcome.refused.push(((*entry).clone(), why));
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A permanent refusal: dead-letter when delivered `max_deliveries` times, else leave
+    /// it pending so `XAUTOCLAIM` delivers it again after `claim_idle`.
+    async fn refuse(&mut self, entry: &Entry, reason: &str) {
+        let deliveries = match self.deliveries(&entry.id).await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(error = %err, "XPENDING failed; the entry stays pending.");
+                return;
+            }
+        };
+        if deliveries < self.args.max_deliveries {
+            tracing::info!(sale_id = %self.sale, entry_id = %entry.id, deliveries, reason, "Entry refused; will retry.");
+            return;
+        }
+        if let Err(err) = dead_letter(
+            &mut self.redis,
+            &self.keys,
+            &self.pool,
+            &self.sale,
+            &self.consumer,
+            entry,
+            reason,
+        )
+        .await
+        {
+            metrics::transient("dead_letter");
+            tracing::warn!(sale_id = %self.sale, entry_id = %entry.id, error = %err, "Dead-letter incomplete; will retry.");
+        }
+    }
+
+    async fn deliveries(&mut self, id: &str) -> redis::RedisResult<u64> {
+        let reply: StreamPendingCountReply = self
+            .redis
+            .xpending_count(&self.stream, PROJECTOR_GROUP, id, id, 1)
+            .await?;
+        Ok(reply.ids.first().map_or(0, |p| p.times_delivered as u64))
+    }
+
+    async fn ack(&mut self, ids: &[String]) -> redis::RedisResult<()> {
+        for chunk in ids.chunks(1_000) {
+            let _: usize = self
+                .redis
+                .xack(&self.stream, PROJECTOR_GROUP, chunk)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `XCLAIM ... JUSTID` to ourselves: resets idle time so other projectors do not
+    /// reclaim entries we are still retrying, without raising their delivery count.
+    async fn touch(&mut self, entries: &[Entry]) {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let options = StreamClaimOptions::default().with_justid();
+        let claimed: redis::RedisResult<redis::Value> = self
+            .redis
+            .xclaim_options(
+                &self.stream,
+                PROJECTOR_GROUP,
+                &self.consumer,
+                0,
+                &ids,
+                options,
+            )
+            .await;
+        if let Err(err) = claimed {
+            tracing::debug!(error = %err, "XCLAIM JUSTID failed.");
+        }
+    }
+
+    /// Takes over entries idle longer than `claim_idle` (from dead consumers, or our
+    /// own refused ones), drops deleted ones, reports pending and lag, and removes
+    /// consumers that stayed idle with nothing pending.
+    async fn reclaim(&mut self, shutdown: &mut watch::Receiver<bool>) -> redis::RedisResult<()> {
+        let options = StreamAutoClaimOptions::default().count(self.args.batch_size);
+        let reply: StreamAutoClaimReply = self
+            .redis
+            .xautoclaim_options(
+                &self.stream,
+                PROJECTOR_GROUP,
+                &self.consumer,
+                self.args.claim_idle_ms,
+                &self.claim_cursor,
+                options,
+            )
+            .await?;
+        self.claim_cursor = reply.next_stream_id.clone();
+        if !reply.deleted_ids.is_empty() {
+            // Deleted from the stream while pending: nothing left to project.
+            tracing::warn!(sale_id = %self.sale, count = reply.deleted_ids.len(), "Pending entries were deleted from the stream; acknowledging them.");
+            metrics::event("deleted", reply.deleted_ids.len() as u64);
+            self.ack(&reply.deleted_ids).await?;
+        }
+        if !reply.claimed.is_empty() {
+            tracing::info!(sale_id = %self.sale, count = reply.claimed.len(), "Reclaimed idle entries.");
+            let entries = reply.claimed.into_iter().map(Entry::from_stream).collect();
+            self.handle(entries, shutdown).await;
+        }
+        self.report().await?;
+        if Instant::now() >= self.next_cleanup {
+            self.next_cleanup = Instant::now() + self.args.claim_interval() * 10;
+            self.remove_idle_consumers().await?;
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self) -> redis::RedisResult<()> {
+        let groups: StreamInfoGroupsReply = self.redis.xinfo_groups(&self.stream).await?;
+        if let Some(group) = groups.groups.iter().find(|g| g.name == PROJECTOR_GROUP) {
+            let sale = self.sale.to_string();
+            ::metrics::gauge!(metrics::PENDING, "sale" => sale.clone()).set(group.pending as f64);
+            ::metrics::gauge!(metrics::LAG, "sale" => sale).set(group.lag.unwrap_or(0) as f64);
+        }
+        Ok(())
+    }
+
+    async fn remove_idle_consumers(&mut self) -> redis::RedisResult<()> {
+        let info: StreamInfoConsumersReply = self
+            .redis
+            .xinfo_consumers(&self.stream, PROJECTOR_GROUP)
+            .await?;
+        for c in info.consumers {
+            if c.name != self.consumer
+                && c.pending == 0
+                && c.idle as u64 > self.args.consumer_idle_delete_ms
+            {
+                let _: usize = self
+                    .redis
+                    .xgroup_delconsumer(&self.stream, PROJECTOR_GROUP, &c.name)
+                    .await?;
+                tracing::info!(sale_id = %self.sale, consumer = %c.name, "Removed an idle, empty consumer.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Exponential backoff, 100 ms to 5 s, that wakes up early on shutdown.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            delay: Duration::from_millis(100),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.delay = Duration::from_millis(100);
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        delay
+    }
+
+    /// Sleeps; true when shutdown was asked for meanwhile.
+    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let delay = self.next();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => *shutdown.borrow(),
+            _ = shutdown.changed() => true,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Giving up on an entry, in the one order that keeps every unit accounted for:
+//! copy it to the dead-letter stream with the reason, record the fate *released* in
+//! PostgreSQL (which wins only if no order exists), only then give the units back
+//! with the idempotent release script, and acknowledge last.
+//!
+//! A crash between steps repeats them on redelivery: the dead-letter copy may then
+//! appear twice (readers dedupe by `original_id`), the release happens at most once.
+
+use redis::AsyncCommands;
+use yoink_core::events::SaleEvent;
+use yoink_core::keys::PROJECTOR_GROUP;
+use yoink_core::scripts::{self, ReleaseOutcome};
+use yoink_core::{Keyspace, RedisConn, SaleId};
+
+use crate::entry::Entry;
+use crate::error::ProjectError;
+use crate::metrics;
+use crate::writer::{self, Fate};
+
+/// Dead-letters `entry` of `sale`'s stream for `reason`.
+pub async fn dead_letter(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &deadpool_postgres::Pool,
+    sale: &SaleId,
+    consumer: &str,
+    entry: &Entry,
+    reason: &str,
+) -> Result<(), ProjectError> {
+    let stream = keys.events(sale);
+    let mut copy: Vec<(String, String)> = vec![
+        ("dead_reason".into(), reason.to_owned()),
+        ("original_id".into(), entry.id.clone()),
+        ("consumer".into(), consumer.to_owned()),
+    ];
+    let mut original: Vec<_> = entry.fields.iter().collect();
+    original.sort();
+    copy.extend(original.into_iter().map(|(k, v)| (k.clone(), v.clone())));
+    let _: Option<String> = redis.xadd(keys.dead_letters(sale), "*", &copy).await?;
+
+    if let Ok(SaleEvent::Reserved(reserved)) = &entry.event {
+        match writer::release(pool, &entry.id, reserved, reason).await? {
+            Fate::Released => {
+                let outcome =
+                    scripts::release(redis, keys, sale, reserved.reservation_id, reason).await?;
+                tracing::warn!(
+                    sale_id = %sale,
+                    reservation_id = %reserved.reservation_id,
+                    ?outcome,
+                    reason,
+                    "Reservation released after a permanent failure."
+                );
+                if let ReleaseOutcome::Released(units) = outcome {
+                    metrics::event("released_units", units as u64);
+                }
+            }
+            Fate::Confirmed => {
+                tracing::info!(
+                    reservation_id = %reserved.reservation_id,
+                    "Dead-letter skipped the release: an order exists."
+                );
+            }
+        }
+    }
+    let _: usize = redis.xack(&stream, PROJECTOR_GROUP, &[&entry.id]).await?;
+    metrics::event("dead_lettered", 1);
+    metrics::counter_dead_letter(sale);
+    tracing::warn!(sale_id = %sale, entry_id = %entry.id, reason, "Entry dead-lettered.");
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The SQL side of projection: confirm a batch of reservations as orders, or record a
+//! reservation's fate as released. Each call is one transaction.
+//!
+//! PostgreSQL decides: a fate row per reservation (primary key), orders only for
+//! 'confirmed' fates (composite foreign key), counters on `sales` under the no-oversell
+//! CHECK, and an outbox row per decision, all committed together or not at all.
+
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+use yoink_core::events::Reserved;
+
+use crate::error::ProjectError;
+
+/// One transaction: insert confirmed fates, orders and outbox rows for the
+/// reservations not decided yet. Returns how many were new (the rest were already
+/// decided: a redelivery, or released earlier).
+pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, ProjectError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut sales = Vec::with_capacity(batch.len());
+    let mut users = Vec::with_capacity(batch.len());
+    let mut quantities = Vec::with_capacity(batch.len());
+    let mut stream_ids = Vec::with_capacity(batch.len());
+    let mut at_ms = Vec::with_capacity(batch.len());
+    let mut order_ids = Vec::with_capacity(batch.len());
+    for (stream_id, r) in batch {
+        ids.push(r.reservation_id.as_uuid());
+        sales.push(r.sale_id.as_str());
+        users.push(r.user_id.as_str());
+        quantities.push(r.quantity);
+        stream_ids.push(*stream_id);
+        at_ms.push(r.at_ms);
+        order_ids.push(Uuid::now_v7());
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let statement = tx
+        .prepare_cached(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[],
+                                      $5::text[], $6::bigint[], $7::uuid[])
+                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, at_ms, order_id)
+             ), decided AS (
+                 INSERT INTO reservation_fates
+                     (reservation_id, sale_id, user_id, quantity, fate, stream_id, reserved_at)
+                 SELECT reservation_id, sale_id, user_id, quantity, 'confirmed', stream_id,
+                        to_timestamp(at_ms / 1000.0)
+                 FROM input
+                 ON CONFLICT (reservation_id) DO NOTHING
+                 RETURNING reservation_id, sale_id, user_id, quantity, reserved_at
+             ), ordered AS (
+                 INSERT INTO orders (order_id, reservation_id, sale_id, user_id, quantity, reserved_at)
+                 SELECT i.order_id, d.reservation_id, d.sale_id, d.user_id, d.quantity, d.reserved_at
+                 FROM decided d JOIN input i USING (reservation_id)
+                 RETURNING order_id, reservation_id, sale_id, user_id, quantity, reserved_at
+             ), counted AS (
+                 UPDATE sales s SET confirmed_units = s.confirmed_units + c.units
+                 FROM (SELECT sale_id, sum(quantity) AS units FROM ordered GROUP BY sale_id) c
+                 WHERE s.sale_id = c.sale_id
+                 RETURNING s.sale_id
+             ), published AS (
+                 INSERT INTO outbox (event_id, event_type, sale_id, payload)
+                 SELECT gen_random_uuid(), 'order.confirmed', sale_id,
+                        jsonb_build_object('order_id', order_id, 'reservation_id', reservation_id,
+                                           'sale_id', sale_id, 'user_id', user_id,
+                                           'quantity', quantity, 'reserved_at', reserved_at)
+                 FROM ordered
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM ordered), (SELECT count(*) FROM counted),
+                    (SELECT count(*) FROM published)",
+        )
+        .await?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &ids,
+                &sales,
+                &users,
+                &quantities,
+                &stream_ids,
+                &at_ms,
+                &order_ids,
+            ],
+        )
+        .await?;
+    let new_orders: i64 = row.get(0);
+    tx.commit().await?;
+    Ok(new_orders as u64)
+}
+
+/// A reservation's fate as decided by PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Confirmed,
+    Released,
+}
+
+/// Records `released` for a reservation unless it is already decided; returns the
+/// fate that stands. `Released` means its units may go back on sale (exactly once:
+/// the release script is idempotent per reservation); `Confirmed` means an order
+/// exists and nothing may be released.
+pub async fn release(
+    pool: &Pool,
+    stream_id: &str,
+    r: &Reserved,
+    reason: &str,
+) -> Result<Fate, ProjectError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO reservation_fates
+                 (reservation_id, sale_id, user_id, quantity, fate, reason, stream_id, reserved_at)
+             VALUES ($1, $2, $3, $4, 'released', $5, $6, to_timestamp($7::bigint / 1000.0))
+             ON CONFLICT (reservation_id) DO NOTHING
+             RETURNING reservation_id",
+            &[
+                &r.reservation_id.as_uuid(),
+                &r.sale_id.as_str(),
+                &r.user_id.as_str(),
+                &r.quantity,
+                &reason,
+                &stream_id,
+                &r.at_ms,
+            ],
+        )
+        .await?
+        .is_some();
+    if inserted {
+        tx.execute(
+            "UPDATE sales SET released_units = released_units + $2 WHERE sale_id = $1",
+            &[&r.sale_id.as_str(), &r.quantity],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO outbox (event_id, event_type, sale_id, payload)
+             VALUES (gen_random_uuid(), 'reservation.released', $1,
+                     jsonb_build_object('reservation_id', $2::uuid, 'sale_id', $1::text,
+                                        'user_id', $3::text, 'quantity', $4::bigint, 'reason', $5::text))",
+            &[
+                &r.sale_id.as_str(),
+                &r.reservation_id.as_uuid(),
+                &r.user_id.as_str(),
+                &r.quantity,
+                &reason,
+            ],
+        )
+        .await?;
+    }
+    let fate: String = tx
+        .query_one(
+            "SELECT fate FROM reservation_fates WHERE reservation_id = $1",
+            &[&r.reservation_id.as_uuid()],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(if fate == "released" {
+        Fate::Released
+    } else {
+        Fate::Confirmed
+    })
+}

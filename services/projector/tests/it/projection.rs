@@ -1,0 +1,138 @@
+//! The happy path at volume, concurrency between projectors, and what users see.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use redis::AsyncCommands;
+use yoink_core::SaleId;
+use yoink_testkit::{TestApp, spawn_app};
+
+/// Takes `n` single units for distinct users, 200 calls at a time.
+async fn reserve_many(app: &TestApp, sale: &SaleId, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let taken = join_all(
+            chunk
+                .iter()
+                .map(|i| async move { app.reserve_direct(sale, &format!("u{i}"), 1).await }),
+        )
+        .await;
+        assert!(taken.iter().all(|ok| *ok), "every reserve call succeeds");
+    }
+}
+
+async fn assert_exactly_one_order_each(app: &TestApp, sale: &SaleId, expected: i64) {
+    let orders = app
+        .db
+        .scalar(&format!(
+            "SELECT count(*) FROM orders WHERE sale_id = '{sale}'"
+        ))
+        .await;
+    let distinct = app
+        .db
+        .scalar(&format!(
+            "SELECT count(DISTINCT reservation_id) FROM orders WHERE sale_id = '{sale}'"
+        ))
+        .await;
+    assert_eq!(orders, expected, "orders");
+    assert_eq!(distinct, expected, "one order per reservation");
+    let confirmed = app
+        .db
+        .scalar(&format!(
+            "SELECT confirmed_units FROM sales WHERE sale_id = '{sale}'"
+        ))
+        .await;
+    assert_eq!(
+        confirmed, expected,
+        "sales.confirmed_units matches the orders"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_reservations_become_ten_thousand_orders() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("big", 20_000, 0).await;
+    reserve_many(&app, &sale, 10_000).await;
+
+    let projector = app.projector("p1");
+    assert!(
+        app.wait_drained(&sale, Duration::from_secs(60)).await,
+        "not drained: {:?}",
+        app.group_state(&sale).await
+    );
+    let published = yoink_testkit::eventually(Duration::from_secs(30), || async {
+        app.db
+            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    projector.stop().await;
+
+    assert_exactly_one_order_each(&app, &sale, 10_000).await;
+    assert!(published, "every outbox row is published");
+    assert_eq!(app.db.scalar("SELECT count(*) FROM outbox").await, 10_000);
+    let mut redis = app.redis.clone();
+    let relayed: usize = redis.xlen(app.keys().order_events()).await.expect("xlen");
+    assert!(
+        relayed >= 10_000,
+        "the relay published every event at least once"
+    );
+    assert_eq!(app.group_state(&sale).await.pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_projectors_at_once_project_each_reservation_once() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("shared", 5_000, 0).await;
+    let first = app.projector("alpha");
+    let second = app.projector("beta");
+    reserve_many(&app, &sale, 3_000).await;
+
+    assert!(app.wait_drained(&sale, Duration::from_secs(60)).await);
+    first.stop().await;
+    second.stop().await;
+    assert_exactly_one_order_each(&app, &sale, 3_000).await;
+    let fates = app
+        .db
+        .scalar("SELECT count(*) FROM reservation_fates")
+        .await;
+    assert_eq!(fates, 3_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_sees_the_reservation_confirmed_and_the_sale_counts_it() {
+    let app = spawn_app().await;
+    app.create_sale("seen", 10, 0).await;
+    let projector = app.projector("p");
+    let (status, body) = app.buy("seen", "alice", 2).await;
+    assert_eq!(status, 202);
+    let id = body["reservation_id"].as_str().expect("id").to_owned();
+
+    let confirmed = yoink_testkit::eventually(Duration::from_secs(10), || async {
+        app.get(&format!("/reservations/{id}")).await.1["status"] == "confirmed"
+    })
+    .await;
+    assert!(confirmed, "reservation never confirmed");
+    let (_, view) = app.get(&format!("/reservations/{id}")).await;
+    assert!(view["order_id"].is_string(), "{view}");
+    let (_, sale) = app.get("/sales/seen").await;
+    assert_eq!(sale["confirmed"], 2);
+    assert_eq!(sale["remaining"], 8);
+    assert_eq!(sale["released"], 0);
+    projector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_sales_are_picked_up_without_a_restart() {
+    let app = spawn_app().await;
+    let projector = app.projector("p");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sale = app.create_sale("late-sale", 10, 0).await;
+    assert!(app.reserve_direct(&sale, "u", 1).await);
+    let projected = yoink_testkit::eventually(Duration::from_secs(10), || async {
+        app.db.scalar("SELECT count(*) FROM orders").await == 1
+    })
+    .await;
+    projector.stop().await;
+    assert!(projected);
+}
