@@ -1,0 +1,16 @@
+//! Tests of the `yoink` binary as an operator runs it: real processes, killed and
+//! restarted, against real Redis and PostgreSQL.
+
+mod processes;
+
+pub const YOINK: &str = env!("CARGO_BIN_EXE_yoink");
+
+/// Sends `signal` (e.g. "-KILL", "-TERM") to a child process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} failed");
+}
