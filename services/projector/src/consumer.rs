@@ -103,6 +103,17 @@ impl SaleProjector {
                         self.handle(entries, &mut shutdown).await;
                     }
                 }
+                Err(err) if err.code() == Some("NOGROUP") => {
+                    // The stream or group vanished (Redis lost its data, or a repair
+                    // rebuilt the sale): make the group again and carry on.
+                    tracing::warn!(sale_id = %self.sale, "Consumer group missing; creating it again.");
+                    if let Err(err) = ensure_group(&mut self.redis, &self.stream).await {
+                        tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group.");
+                    }
+                    if backoff.wait(&mut shutdown).await {
+                        break;
+                    }
+                }
                 Err(err) => {
                     metrics::transient("redis");
                     tracing::warn!(sale_id = %self.sale, error = %err, "XREADGROUP failed.");

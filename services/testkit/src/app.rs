@@ -246,6 +246,18 @@ impl TestApp {
             .is_ok()
     }
 
+    /// Takes `n` single units for users `{prefix}0..n`, 200 calls at a time; all must succeed.
+    pub async fn reserve_many(&self, sale: &SaleId, prefix: &str, n: usize) {
+        let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        for chunk in users.chunks(200) {
+            let taken = futures::future::join_all(
+                chunk.iter().map(|user| self.reserve_direct(sale, user, 1)),
+            )
+            .await;
+            assert!(taken.iter().all(|ok| *ok), "every reserve call succeeds");
+        }
+    }
+
     /// Pending entries and lag of the projector group on `sale`'s stream.
     pub async fn group_state(&self, sale: &SaleId) -> GroupState {
         use redis::AsyncCommands;

@@ -12,6 +12,7 @@ use yoink_core::sales::{self, NewSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, shutdown};
 use yoink_projector::ProjectorArgs;
+use yoink_reconciler::ReconcileArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "yoink", version, about = "Flash-sale purchase backend")]
@@ -47,6 +48,12 @@ enum Command {
         /// Milliseconds between passes when the outbox is drained.
         #[arg(long, env = "YOINK_RELAY_INTERVAL_MS", default_value_t = 200)]
         interval_ms: u64,
+    },
+    /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged or oversold, 2 a
+    /// store could not be read.
+    Reconcile {
+        #[command(flatten)]
+        args: ReconcileArgs,
     },
     /// Manage sales.
     Sale {
@@ -96,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("projector")
         }
         Command::Relay { batch, interval_ms } => relay(&cli.stores, batch, interval_ms).await,
+        Command::Reconcile { args } => reconcile(&cli.stores, args).await,
         Command::Sale {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
@@ -182,4 +190,37 @@ async fn relay(stores: &StoreArgs, batch: i64, interval_ms: u64) -> anyhow::Resu
     let _ = stop_tx.send(true);
     relay.await.context("relay task")?;
     Ok(())
+}
+
+/// Exit codes are the interface here (0 / 1 / 2), so this ends the process itself.
+async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()> {
+    let outcome = match args.watch {
+        Some(secs) => yoink_reconciler::watch(
+            stores,
+            &args,
+            std::time::Duration::from_secs(secs.max(1)),
+            shutdown::signal(),
+        )
+        .await
+        .map(|()| yoink_reconciler::Verdict::Consistent),
+        None => yoink_reconciler::run_once(stores, &args, &mut std::io::stdout()).await,
+    };
+    match outcome {
+        Ok(verdict) => std::process::exit(verdict.exit_code()),
+        Err(err) => {
+            // One line: the error and its causes.
+            let mut line = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !line.contains(&text) {
+                    line.push_str(": ");
+                    line.push_str(&text);
+                }
+                source = cause.source();
+            }
+            eprintln!("yoink reconcile: {}", line.replace('\n', " "));
+            std::process::exit(2);
+        }
+    }
 }

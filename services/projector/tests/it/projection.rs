@@ -2,23 +2,9 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use redis::AsyncCommands;
 use yoink_core::SaleId;
 use yoink_testkit::{TestApp, spawn_app};
-
-/// Takes `n` single units for distinct users, 200 calls at a time.
-async fn reserve_many(app: &TestApp, sale: &SaleId, n: usize) {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
-        let taken = join_all(
-            chunk
-                .iter()
-                .map(|i| async move { app.reserve_direct(sale, &format!("u{i}"), 1).await }),
-        )
-        .await;
-        assert!(taken.iter().all(|ok| *ok), "every reserve call succeeds");
-    }
-}
 
 async fn assert_exactly_one_order_each(app: &TestApp, sale: &SaleId, expected: i64) {
     let orders = app
@@ -51,7 +37,7 @@ async fn assert_exactly_one_order_each(app: &TestApp, sale: &SaleId, expected: i
 async fn ten_thousand_reservations_become_ten_thousand_orders() {
     let app = spawn_app().await;
     let sale = app.create_sale("big", 20_000, 0).await;
-    reserve_many(&app, &sale, 10_000).await;
+    app.reserve_many(&sale, "u", 10_000).await;
 
     let projector = app.projector("p1");
     assert!(
@@ -86,7 +72,7 @@ async fn two_projectors_at_once_project_each_reservation_once() {
     let sale = app.create_sale("shared", 5_000, 0).await;
     let first = app.projector("alpha");
     let second = app.projector("beta");
-    reserve_many(&app, &sale, 3_000).await;
+    app.reserve_many(&sale, "u", 3_000).await;
 
     assert!(app.wait_drained(&sale, Duration::from_secs(60)).await);
     first.stop().await;

@@ -2,6 +2,7 @@
 //! restarted, against real Redis and PostgreSQL.
 
 mod processes;
+mod reconcile;
 
 pub const YOINK: &str = env!("CARGO_BIN_EXE_yoink");
 

@@ -1,0 +1,246 @@
+//! The reconciler's arithmetic: from one Redis snapshot and one PostgreSQL snapshot of a
+//! sale, the figures it reports. Pure code, no I/O, so every rule has a unit test.
+//!
+//! Units out of stock in Redis must be exactly the units PostgreSQL confirmed, plus the
+//! units still in flight (in the stream, undecided), plus releases PostgreSQL decided
+//! that Redis has not applied yet. More out of stock than that is *lost*; less is
+//! *phantom* (PostgreSQL knows units Redis does not, e.g. after Redis lost data).
+
+use serde::Serialize;
+
+/// Redis-side figures of a sale, read atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedisSide {
+    /// False when Redis has no such sale (never created, or its data was lost).
+    pub present: bool,
+    pub initial: i64,
+    pub remaining: i64,
+    pub reserved: i64,
+    pub released: i64,
+    pub stream_length: i64,
+    pub dead_letters: i64,
+    /// Entries delivered to a projector and not acknowledged.
+    pub pending: i64,
+    /// Entries not delivered yet (None when Redis cannot tell).
+    pub lag: Option<i64>,
+    /// Units of `reserved` entries still pending or undelivered and not decided in
+    /// PostgreSQL.
+    pub in_flight_units: i64,
+}
+
+/// PostgreSQL-side figures of a sale.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PostgresSide {
+    /// False when PostgreSQL has no such sale.
+    pub present: bool,
+    pub initial_stock: i64,
+    /// Units in order rows.
+    pub confirmed_units: i64,
+    pub orders: i64,
+    /// Units whose fate is `released`.
+    pub released_units: i64,
+}
+
+/// How a sale stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Both stores agree and nothing is in flight.
+    Consistent,
+    /// Both stores agree once the units in flight are counted.
+    InFlight,
+    /// The figures disagree but were still moving within the grace period: not flagged.
+    Unsettled,
+    /// The stores disagree, with the same values after the grace period.
+    Diverged,
+    /// More units confirmed than the sale ever had. Always flagged.
+    Oversold,
+}
+
+impl Status {
+    pub fn is_flagged(self) -> bool {
+        matches!(self, Status::Diverged | Status::Oversold)
+    }
+}
+
+/// The figures that must stay the same over the grace period for a divergence to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    pub lost_units: i64,
+    pub phantom_units: i64,
+    /// `initial − remaining − reserved + released` in Redis; 0 when Redis is consistent.
+    pub redis_self_diff: i64,
+}
+
+impl Divergence {
+    pub fn is_zero(&self) -> bool {
+        self.lost_units == 0 && self.phantom_units == 0 && self.redis_self_diff == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SaleReport {
+    pub sale_id: String,
+    pub status: Status,
+    /// The sale's stock by definition (PostgreSQL's, else Redis's).
+    pub initial_stock: i64,
+    /// confirmed − initial stock; > 0 is critical.
+    pub oversold_units: i64,
+    /// Units reserved in the stream and not decided in PostgreSQL yet.
+    pub in_flight_units: i64,
+    /// Units released in PostgreSQL not yet back in Redis stock.
+    pub pending_release_units: i64,
+    #[serde(flatten)]
+    pub divergence: Divergence,
+    pub redis: RedisSide,
+    pub postgres: PostgresSide,
+}
+
+impl SaleReport {
+    /// The figures of one moment. `status` is `Consistent`, `InFlight`, `Oversold` or,
+    /// when the stores disagree, `Unsettled` until `settle` confirms it.
+    pub fn compute(sale_id: &str, redis: RedisSide, postgres: PostgresSide) -> Self {
+        let initial_stock = if postgres.present {
+            postgres.initial_stock
+        } else {
+            redis.initial
+        };
+        let pending_release = (postgres.released_units - redis.released).max(0);
+        let out_of_stock = redis.initial - redis.remaining;
+        let accounted = postgres.confirmed_units + redis.in_flight_units + pending_release;
+        let diff = out_of_stock - accounted;
+        let divergence = Divergence {
+            lost_units: diff.max(0),
+            phantom_units: (-diff).max(0),
+            redis_self_diff: redis.initial - redis.remaining - redis.reserved + redis.released,
+        };
+        let oversold_units = (postgres.confirmed_units - initial_stock).max(0);
+        let status = if oversold_units > 0 {
+            Status::Oversold
+        } else if !divergence.is_zero() {
+            Status::Unsettled
+        } else if redis.in_flight_units > 0 || pending_release > 0 {
+            Status::InFlight
+        } else {
+            Status::Consistent
+        };
+        Self {
+            sale_id: sale_id.to_owned(),
+            status,
+            initial_stock,
+            oversold_units,
+            in_flight_units: redis.in_flight_units,
+            pending_release_units: pending_release,
+            divergence,
+            redis,
+            postgres,
+        }
+    }
+
+    /// Called with the same sale measured `grace` later: a divergence that stayed the
+    /// same is confirmed (`Diverged`); one that moved stays `Unsettled`.
+    pub fn settle(mut self, earlier: &SaleReport) -> Self {
+        if self.status == Status::Unsettled && self.divergence == earlier.divergence {
+            self.status = Status::Diverged;
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(
+        initial: i64,
+        remaining: i64,
+        reserved: i64,
+        released: i64,
+        in_flight: i64,
+    ) -> RedisSide {
+        RedisSide {
+            present: true,
+            initial,
+            remaining,
+            reserved,
+            released,
+            in_flight_units: in_flight,
+            ..RedisSide::default()
+        }
+    }
+
+    fn pg(initial: i64, confirmed: i64, released: i64) -> PostgresSide {
+        PostgresSide {
+            present: true,
+            initial_stock: initial,
+            confirmed_units: confirmed,
+            orders: confirmed,
+            released_units: released,
+        }
+    }
+
+    #[test]
+    fn a_drained_sale_is_consistent() {
+        let r = SaleReport::compute("s", redis(500, 0, 500, 0, 0), pg(500, 500, 0));
+        assert_eq!(r.status, Status::Consistent);
+        assert!(r.divergence.is_zero());
+    }
+
+    #[test]
+    fn a_backlog_is_in_flight_not_divergence() {
+        let r = SaleReport::compute("s", redis(500, 0, 500, 0, 300), pg(500, 200, 0));
+        assert_eq!(r.status, Status::InFlight);
+        assert_eq!(r.in_flight_units, 300);
+    }
+
+    #[test]
+    fn a_released_unit_back_on_sale_balances() {
+        // 10 taken, 3 released (back in stock), 7 confirmed.
+        let r = SaleReport::compute("s", redis(10, 3, 10, 3, 0), pg(10, 7, 3));
+        assert_eq!(r.status, Status::Consistent, "{r:?}");
+        // PostgreSQL released 3 that Redis has not given back yet: in flight.
+        let r = SaleReport::compute("s", redis(10, 0, 10, 0, 0), pg(10, 7, 3));
+        assert_eq!(r.status, Status::InFlight);
+        assert_eq!(r.pending_release_units, 3);
+    }
+
+    #[test]
+    fn a_decrement_without_an_event_is_one_lost_unit() {
+        let r = SaleReport::compute("s", redis(500, 499 - 100, 100, 0, 0), pg(500, 100, 0));
+        assert_eq!(r.divergence.lost_units, 1);
+        assert_eq!(r.divergence.redis_self_diff, 1);
+        assert_eq!(r.status, Status::Unsettled);
+    }
+
+    #[test]
+    fn a_deleted_order_is_lost_units() {
+        let r = SaleReport::compute("s", redis(500, 0, 500, 0, 0), pg(500, 498, 0));
+        assert_eq!(r.divergence.lost_units, 2);
+        assert_eq!(r.divergence.phantom_units, 0);
+    }
+
+    #[test]
+    fn redis_that_lost_its_data_shows_phantom_units() {
+        let r = SaleReport::compute("s", RedisSide::default(), pg(500, 120, 0));
+        assert_eq!(r.divergence.phantom_units, 120);
+        assert_eq!(r.divergence.lost_units, 0);
+        assert_eq!(r.initial_stock, 500, "PostgreSQL's definition wins");
+    }
+
+    #[test]
+    fn more_confirmed_than_stocked_is_oversold_and_always_flagged() {
+        let r = SaleReport::compute("s", redis(10, 0, 10, 0, 0), pg(10, 12, 0));
+        assert_eq!(r.oversold_units, 2);
+        assert_eq!(r.status, Status::Oversold);
+        assert!(r.status.is_flagged());
+    }
+
+    #[test]
+    fn a_divergence_counts_only_when_it_holds_still() {
+        let first = SaleReport::compute("s", redis(500, 399, 100, 0, 0), pg(500, 100, 0));
+        let same = SaleReport::compute("s", redis(500, 399, 100, 0, 0), pg(500, 100, 0));
+        assert_eq!(same.settle(&first).status, Status::Diverged);
+        let moved = SaleReport::compute("s", redis(500, 398, 101, 0, 0), pg(500, 100, 0));
+        assert_eq!(moved.settle(&first).status, Status::Unsettled);
+    }
+}

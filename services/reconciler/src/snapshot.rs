@@ -1,0 +1,233 @@
+//! Reads one sale's figures from both stores: Redis in one atomic script call (plus the
+//! in-flight entries, read by id range afterwards: entries never change), then
+//! PostgreSQL. Read-only: safe during a live sale.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use deadpool_postgres::Pool;
+use redis::AsyncCommands;
+use redis::Script;
+use redis::streams::StreamRangeReply;
+use yoink_core::events::{Reserved, SaleEvent};
+use yoink_core::keys::PROJECTOR_GROUP;
+use yoink_core::{Keyspace, RedisConn, SaleId};
+
+use crate::error::ReconcileError;
+use crate::report::{PostgresSide, RedisSide};
+
+static SNAPSHOT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/reconcile_snapshot.lua")));
+
+/// Entries read per XRANGE page.
+const PAGE: usize = 5_000;
+
+/// What Redis holds for a sale, as of one instant.
+#[derive(Debug, Clone, Default)]
+pub struct RedisSnapshot {
+    pub side: RedisSide,
+    /// `reserved` entries pending or undelivered at that instant, by stream id.
+    pub in_flight: Vec<(String, Reserved)>,
+    pub last_entry_id: String,
+}
+
+/// A stream id as a comparable pair.
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Reads `[start, end]` of a stream, page by page.
+pub async fn read_range(
+    redis: &mut RedisConn,
+    stream: &str,
+    start: &str,
+    end: &str,
+) -> Result<Vec<redis::streams::StreamId>, ReconcileError> {
+    let mut out = Vec::new();
+    let mut from = start.to_owned();
+    loop {
+        let page: StreamRangeReply = redis.xrange_count(stream, &from, end, PAGE).await?;
+        let full = page.ids.len() == PAGE;
+        if let Some(last) = page.ids.last() {
+            from = format!("({}", last.id);
+        }
+        out.extend(page.ids);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+fn text(value: &redis::Value) -> String {
+    redis::from_redis_value_ref::<String>(value).unwrap_or_default()
+}
+
+/// The Redis side of a sale.
+pub async fn redis_snapshot(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    sale: &SaleId,
+) -> Result<RedisSnapshot, ReconcileError> {
+    let reply: Vec<redis::Value> = SNAPSHOT
+        .key(keys.meta(sale))
+        .key(keys.stock(sale))
+        .key(keys.events(sale))
+        .key(keys.dead_letters(sale))
+        .arg(PROJECTOR_GROUP)
+        .invoke_async(redis)
+        .await?;
+    let int = |i: usize| -> i64 {
+        reply
+            .get(i)
+            .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+            .unwrap_or(0)
+    };
+    if reply.len() < 12 {
+        return Err(ReconcileError::Unexpected(
+            "reconcile_snapshot.lua returned too few values".into(),
+        ));
+    }
+    let last_delivered = text(&reply[10]);
+    let last_entry_id = text(&reply[11]);
+    let pending_ids: HashSet<String> = reply[12..].iter().map(text).collect();
+    let lag = int(9);
+    let mut side = RedisSide {
+        present: int(0) == 1,
+        initial: int(1),
+        remaining: int(2),
+        reserved: int(3),
+        released: int(4),
+        stream_length: int(5),
+        dead_letters: int(6),
+        pending: int(8),
+        lag: (lag >= 0).then_some(lag),
+        in_flight_units: 0,
+    };
+
+    // The in-flight window: pending entries, and everything after the group's
+    // last-delivered id, up to the last entry at the snapshot's instant.
+    let delivered = parse_id(&last_delivered);
+    let start = pending_ids
+        .iter()
+        .map(|id| parse_id(id))
+        .chain(std::iter::once((
+            delivered.0,
+            delivered.1.saturating_add(1),
+        )))
+        .min()
+        .map(|(ms, seq)| format!("{ms}-{seq}"))
+        .unwrap_or_else(|| "-".into());
+    let mut in_flight = Vec::new();
+    if last_entry_id != "0-0" && parse_id(&start) <= parse_id(&last_entry_id) {
+        for entry in read_range(redis, &keys.events(sale), &start, &last_entry_id).await? {
+            let undelivered = parse_id(&entry.id) > delivered;
+            if !(undelivered || pending_ids.contains(&entry.id)) {
+                continue;
+            }
+            let fields: HashMap<String, String> = entry
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), text(v)))
+                .collect();
+            if let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&fields) {
+                in_flight.push((entry.id.clone(), r));
+            }
+        }
+    }
+    side.in_flight_units = in_flight.iter().map(|(_, r)| r.quantity).sum();
+    Ok(RedisSnapshot {
+        side,
+        in_flight,
+        last_entry_id,
+    })
+}
+
+/// The PostgreSQL side of a sale; also drops from `snapshot.in_flight` the entries
+/// PostgreSQL has decided meanwhile (committed, not yet acknowledged).
+pub async fn postgres_side(
+    pool: &Pool,
+    sale: &SaleId,
+    snapshot: &mut RedisSnapshot,
+) -> Result<PostgresSide, ReconcileError> {
+    let client = pool.get().await?;
+    let sale_row = client
+        .query_opt(
+            "SELECT initial_stock FROM sales WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?;
+    let orders = client
+        .query_one(
+            "SELECT count(*), coalesce(sum(quantity), 0)::bigint FROM orders WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?;
+    let released: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(quantity), 0)::bigint FROM reservation_fates
+             WHERE sale_id = $1 AND fate = 'released'",
+            &[&sale.as_str()],
+        )
+        .await?
+        .get(0);
+    if !snapshot.in_flight.is_empty() {
+        let ids: Vec<uuid::Uuid> = snapshot
+            .in_flight
+            .iter()
+            .map(|(_, r)| r.reservation_id.as_uuid())
+            .collect();
+        let decided: HashSet<uuid::Uuid> = client
+            .query(
+                "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)",
+                &[&ids],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        snapshot
+            .in_flight
+            .retain(|(_, r)| !decided.contains(&r.reservation_id.as_uuid()));
+        snapshot.side.in_flight_units = snapshot.in_flight.iter().map(|(_, r)| r.quantity).sum();
+    }
+    Ok(PostgresSide {
+        present: sale_row.is_some(),
+        initial_stock: sale_row.map(|r| r.get(0)).unwrap_or(0),
+        orders: orders.get(0),
+        confirmed_units: orders.get(1),
+        released_units: released,
+    })
+}
+
+/// Every sale either store knows, sorted.
+pub async fn all_sales(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+) -> Result<Vec<SaleId>, ReconcileError> {
+    let client = pool.get().await?;
+    let mut ids: HashSet<String> = client
+        .query("SELECT sale_id FROM sales", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let registered: Vec<String> = redis.smembers(keys.sales_registry()).await?;
+    ids.extend(registered);
+    let mut sales: Vec<SaleId> = ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
+    sales.sort();
+    Ok(sales)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn stream_ids_compare_numerically() {
+        assert!(parse_id("10-0") > parse_id("9-5"));
+        assert!(parse_id("5-10") > parse_id("5-9"));
+        assert_eq!(parse_id("0-0"), (0, 0));
+    }
+}
