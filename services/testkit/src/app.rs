@@ -25,6 +25,8 @@ pub struct AppOptions {
     pub postgres_server_url: Option<String>,
     pub redis_timeout_ms: Option<u64>,
     pub header_timeout_secs: Option<u64>,
+    /// `redis_url` is a comma-separated list of Redis Cluster nodes.
+    pub redis_cluster: bool,
 }
 
 pub struct TestApp {
@@ -54,6 +56,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     };
     let mut stores = StoreArgs::local(db.url.clone(), redis_keys.url.clone());
     stores.key_prefix = redis_keys.keys.prefix().to_owned();
+    stores.redis_cluster = options.redis_cluster;
     if let Some(ms) = options.redis_timeout_ms {
         stores.redis_timeout_ms = ms;
     }

@@ -11,7 +11,7 @@ mod redis_servers;
 
 pub use app::{AppOptions, GroupState, RunningProjector, TestApp, spawn_app, spawn_app_with};
 pub use postgres::{PrivatePostgres, TestDb};
-pub use redis_servers::{PrivateRedis, TestRedis};
+pub use redis_servers::{PrivateRedis, PrivateRedisCluster, TestRedis};
 
 /// The PostgreSQL server tests use (`TEST_DATABASE_URL`, default the local one). Its
 /// database part is ignored: each test gets its own database.
