@@ -102,3 +102,53 @@ async fn postgres_unreachable_makes_readyz_503_and_buy_still_work() {
         yoink_testkit::TestApp::status_and_json(http.get(format!("{base}/sales/pg-down"))).await;
     assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_lost_to_a_timeout_is_retried_without_taking_stock_twice() {
+    // The trap from DEPENDENCY-NOTES: the client times out after Redis already ran the
+    // script. A private Redis is stalled with DEBUG SLEEP past the client timeout.
+    let redis = PrivateRedis::start_with(&["--enable-debug-command", "yes"]).await;
+    let app = spawn_app_with(AppOptions {
+        redis_url: Some(redis.url()),
+        redis_timeout_ms: Some(300),
+        ..AppOptions::default()
+    })
+    .await;
+    let sale = app.create_sale("slow", 10, 0).await;
+    let staller = redis::Client::open(redis.url()).expect("url");
+    let mut stall = staller
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let sleeping = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.45")
+            .query_async::<()>(&mut stall)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let started = std::time::Instant::now();
+    let (status, body) = app.buy("slow", "patient", 1).await;
+    let took = started.elapsed();
+    sleeping.await.expect("staller").expect("DEBUG SLEEP ran");
+    assert!(
+        took > Duration::from_millis(300),
+        "the first call really timed out: {took:?}"
+    );
+    assert_eq!(
+        status, 202,
+        "the retry with the same id is answered: {body}"
+    );
+
+    let mut conn = app.redis.clone();
+    let remaining: i64 = redis::AsyncCommands::get(&mut conn, app.keys().stock(&sale))
+        .await
+        .expect("stock");
+    let events: i64 = redis::AsyncCommands::xlen(&mut conn, app.keys().events(&sale))
+        .await
+        .expect("xlen");
+    assert_eq!(remaining, 9, "one unit taken, not two");
+    assert_eq!(events, 1, "one event");
+}
