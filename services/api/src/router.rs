@@ -96,6 +96,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn openapi_describes_every_route() {
+        let spec = include_str!("../openapi.yaml");
+        for path in [
+            "/buy",
+            "/sales",
+            "/sales/x",
+            "/reservations/x",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            let template = Route::parse(path).template();
+            assert!(
+                spec.contains(&format!("\n  {template}:\n")),
+                "openapi.yaml has no path `{template}`"
+            );
+        }
+    }
+
+    #[test]
     fn routes_label_by_template_not_path() {
         assert_eq!(
             Route::parse("/reservations/abc").template(),
