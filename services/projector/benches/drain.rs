@@ -52,7 +52,9 @@ async fn main() {
     projector.stop().await;
     let orders = app
         .db
-        .scalar(&format!("SELECT count(*) FROM orders WHERE sale_id = '{sale}'"))
+        .scalar(&format!(
+            "SELECT count(*) FROM orders WHERE sale_id = '{sale}'"
+        ))
         .await;
     assert_eq!(orders as usize, n, "every reservation became one order");
 
@@ -60,7 +62,9 @@ async fn main() {
     let pool = app.db.pool();
     let client = pool.get().await.expect("db");
     client
-        .batch_execute("CREATE TABLE orders_ceiling (LIKE orders INCLUDING DEFAULTS INCLUDING INDEXES)")
+        .batch_execute(
+            "CREATE TABLE orders_ceiling (LIKE orders INCLUDING DEFAULTS INCLUDING INDEXES)",
+        )
         .await
         .expect("ceiling table");
     let rows = client
@@ -88,7 +92,9 @@ async fn main() {
     assert_eq!(copied as usize, n);
 
     // 3. Steady load below saturation, projector running; latency reservation -> order.
-    let steady = app.create_sale("steady", (rate * steady_secs * 2) as i64, 0).await;
+    let steady = app
+        .create_sale("steady", (rate * steady_secs * 2) as i64, 0)
+        .await;
     let projector = app.projector_with(args);
     let tick = Duration::from_millis(10);
     let per_tick = (rate / 100).max(1) as usize;
@@ -118,12 +124,26 @@ async fn main() {
     let p99: f64 = latency.get(1);
     let count: i64 = latency.get(2);
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     println!();
-    println!("== projector drain benchmark ({cores} cores; Redis, PostgreSQL and this process share them)");
-    println!("backlog made:        {n} reservations in {reserve_secs:.2} s ({:.0} reserve calls/s)", n as f64 / reserve_secs);
-    println!("drain (projector):   {n} orders in {drain_secs:.2} s = {:.0} orders/s (batch {}, one transaction per batch)", n as f64 / drain_secs, 500);
-    println!("COPY ceiling:        {n} rows in {copy_secs:.2} s = {:.0} rows/s", n as f64 / copy_secs);
+    println!(
+        "== projector drain benchmark ({cores} cores; Redis, PostgreSQL and this process share them)"
+    );
+    println!(
+        "backlog made:        {n} reservations in {reserve_secs:.2} s ({:.0} reserve calls/s)",
+        n as f64 / reserve_secs
+    );
+    println!(
+        "drain (projector):   {n} orders in {drain_secs:.2} s = {:.0} orders/s (batch {}, one transaction per batch)",
+        n as f64 / drain_secs,
+        500
+    );
+    println!(
+        "COPY ceiling:        {n} rows in {copy_secs:.2} s = {:.0} rows/s",
+        n as f64 / copy_secs
+    );
     println!("ratio drain/COPY:    {:.2}", copy_secs / drain_secs);
     println!("steady load:         {rate} reservations/s for {steady_secs} s ({count} orders)");
     println!("reserved -> order row written: p50 {p50:.1} ms, p99 {p99:.1} ms");

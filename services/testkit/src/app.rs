@@ -37,6 +37,8 @@ pub struct TestApp {
     pub redis_keys: TestRedis,
     pub redis: RedisConn,
     pub stores: StoreArgs,
+    /// The app's bound on reserve calls in flight (to check permits come back).
+    pub reserve_permits: std::sync::Arc<tokio::sync::Semaphore>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -72,6 +74,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let addr = listener.local_addr().expect("bound address");
     let state = yoink_api::state(&stores, &args).await.expect("app state");
     let redis = state.redis.clone();
+    let reserve_permits = state.reserve_permits.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(yoink_api::run(listener, state, args, async {
         let _ = rx.await;
@@ -87,6 +90,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         redis_keys,
         redis,
         stores,
+        reserve_permits,
         shutdown: Some(tx),
         server: Some(server),
     }

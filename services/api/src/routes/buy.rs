@@ -85,7 +85,7 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
         )));
     }
 
-    let Ok(_permit) = state.reserve_permits.clone().try_acquire_owned() else {
+    let Ok(permit) = state.reserve_permits.clone().try_acquire_owned() else {
         record_reservation("overloaded");
         return Err(ApiError::Overloaded);
     };
@@ -99,6 +99,8 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
         idempotency_key: idempotency_key.as_deref(),
     };
     let result = reserve_retrying_lost_replies(state, &request).await;
+    drop(permit);
+    set_in_flight(state.max_in_flight - state.reserve_permits.available_permits());
     record_reservation(outcome_label(&result));
     let reservation = result?;
     Ok(json_response(
