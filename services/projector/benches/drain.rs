@@ -7,8 +7,8 @@
 //! 3. End-to-end latency from reservation (the moment `/buy` would answer 202) to the
 //!    order row, at a steady load below saturation.
 //!
-//! Run: `cargo bench -p yoink-projector --bench drain` (env DRAIN_N, STEADY_RATE,
-//! STEADY_SECS). Uses the local Redis and PostgreSQL, on its own database and key prefix.
+//! Run: `cargo bench -p yoink-projector --bench drain` (env DRAIN_N, DRAIN_BATCH,
+//! STEADY_RATE, STEADY_SECS). Uses the local Redis and PostgreSQL, on its own database and key prefix.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ async fn main() {
     let n = env_or("DRAIN_N", 100_000) as usize;
     let rate = env_or("STEADY_RATE", 1_000);
     let steady_secs = env_or("STEADY_SECS", 15);
+    let batch = env_or("DRAIN_BATCH", 500) as usize;
     let app = spawn_app().await;
 
     // 1. Backlog, then drain.
@@ -38,6 +39,7 @@ async fn main() {
     let reserve_secs = started.elapsed().as_secs_f64();
     let args = ProjectorArgs {
         no_relay: true,
+        batch_size: batch,
         block_ms: 500,
         claim_idle_ms: 30_000,
         ..ProjectorArgs::local("bench")
@@ -136,9 +138,8 @@ async fn main() {
         n as f64 / reserve_secs
     );
     println!(
-        "drain (projector):   {n} orders in {drain_secs:.2} s = {:.0} orders/s (batch {}, one transaction per batch)",
+        "drain (projector):   {n} orders in {drain_secs:.2} s = {:.0} orders/s (batch {batch}, one transaction per batch)",
         n as f64 / drain_secs,
-        500
     );
     println!(
         "COPY ceiling:        {n} rows in {copy_secs:.2} s = {:.0} rows/s",
