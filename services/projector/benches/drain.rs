@@ -29,7 +29,7 @@ async fn main() {
     let n = env_or("DRAIN_N", 100_000) as usize;
     let rate = env_or("STEADY_RATE", 1_000);
     let steady_secs = env_or("STEADY_SECS", 15);
-    let batch = env_or("DRAIN_BATCH", 500) as usize;
+    let batch = env_or("DRAIN_BATCH", 2_000) as usize;
     let app = spawn_app().await;
 
     // 1. Backlog, then drain.

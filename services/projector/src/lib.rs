@@ -31,7 +31,7 @@ pub struct ProjectorArgs {
     #[arg(long, env = "YOINK_CONSUMER")]
     pub consumer: Option<String>,
     /// Entries read per XREADGROUP, projected in one transaction.
-    #[arg(long, env = "YOINK_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "YOINK_BATCH_SIZE", default_value_t = 2_000)]
     pub batch_size: usize,
     /// Milliseconds XREADGROUP blocks waiting for new entries.
     #[arg(long, env = "YOINK_BLOCK_MS", default_value_t = 1_000)]
