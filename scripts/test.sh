@@ -25,4 +25,4 @@ cargo test --workspace "$@" 2>&1 | tee "$log"
 # last of which is often an empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { if (p == 0) { print "cargo test: no test ran" > "/dev/stderr"; exit 1 }
-           printf "cargo test: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+           printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
