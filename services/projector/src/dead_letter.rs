@@ -51,7 +51,8 @@ pub async fn dead_letter(
                     "Reservation released after a permanent failure."
                 );
                 if let ReleaseOutcome::Released(units) = outcome {
-                    metrics::event("released_units", units as u64);
+                    ::metrics::counter!(metrics::RELEASED_UNITS, "sale" => sale.to_string())
+                        .increment(units as u64);
                 }
             }
             Fate::Confirmed => {

@@ -6,6 +6,8 @@ pub const BATCH_SECONDS: &str = "yoink_projector_batch_seconds";
 pub const PENDING: &str = "yoink_projector_pending";
 pub const LAG: &str = "yoink_projector_lag";
 pub const DEAD_LETTERS: &str = "yoink_dead_letters_total";
+/// Units given back to stock by a dead-letter release.
+pub const RELEASED_UNITS: &str = "yoink_projector_released_units_total";
 pub const TRANSIENT_ERRORS: &str = "yoink_projector_transient_errors_total";
 pub const OUTBOX_PUBLISHED: &str = "yoink_outbox_published_total";
 pub const OUTBOX_UNPUBLISHED: &str = "yoink_outbox_unpublished";

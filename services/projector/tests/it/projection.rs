@@ -122,3 +122,47 @@ async fn new_sales_are_picked_up_without_a_restart() {
     projector.stop().await;
     assert!(projected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_that_stayed_idle_with_nothing_pending_are_removed() {
+    use redis::AsyncCommands;
+    let app = spawn_app().await;
+    let sale = app.create_sale("tidy", 10, 0).await;
+    let stream = app.keys().events(&sale);
+    let mut redis = app.redis.clone();
+    yoink_projector::consumer::ensure_group(&mut redis, &stream)
+        .await
+        .expect("group");
+    // A consumer that left long ago: known to the group, nothing pending.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg(yoink_core::keys::PROJECTOR_GROUP)
+        .arg("ghost")
+        .query_async(&mut redis)
+        .await
+        .expect("create consumer");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Something to project, so the live projector joins the group too.
+    assert!(app.reserve_direct(&sale, "u", 1).await);
+
+    let projector = app.projector_with(yoink_projector::ProjectorArgs {
+        consumer_idle_delete_ms: 100,
+        ..yoink_projector::ProjectorArgs::local("tidy-projector")
+    });
+    let removed = yoink_testkit::eventually(Duration::from_secs(10), || async {
+        let mut redis = app.redis.clone();
+        let info: redis::streams::StreamInfoConsumersReply = redis
+            .xinfo_consumers(&stream, yoink_core::keys::PROJECTOR_GROUP)
+            .await
+            .expect("xinfo");
+        let names: Vec<String> = info.consumers.into_iter().map(|c| c.name).collect();
+        !names.iter().any(|n| n == "ghost") && names.iter().any(|n| n == "tidy-projector")
+    })
+    .await;
+    projector.stop().await;
+    assert!(
+        removed,
+        "the idle, empty consumer was not removed (or the live one was)"
+    );
+}
