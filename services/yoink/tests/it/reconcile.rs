@@ -118,6 +118,15 @@ async fn a_unit_taken_without_an_event_is_one_lost_unit() {
     assert_eq!(reports[0]["lost_units"], 1);
     assert_eq!(reports[0]["phantom_units"], 0);
     assert_eq!(reports[0]["redis_self_diff"], 1);
+
+    // Nothing to re-project; the repair gives the unit back to stock from the ledger.
+    let (code, reports, text) = reconcile(&app, &["--sale", "seed-bug", "--repair", "--yes"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(reports[0]["status"], "consistent");
+    assert_eq!(reports[0]["redis"]["remaining"], 90);
+    assert_eq!(reports[0]["redis_self_diff"], 0);
+    let (status, _) = app.buy("seed-bug", "after-repair", 1).await;
+    assert_eq!(status, 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
