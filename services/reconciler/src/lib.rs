@@ -113,7 +113,7 @@ impl Stores {
         let mut redis_snapshot =
             snapshot::redis_snapshot(&mut self.redis, &self.keys, sale).await?;
         let postgres = snapshot::postgres_side(&self.pool, sale, &mut redis_snapshot).await?;
-        let report = SaleReport::compute(sale.as_str(), redis_snapshot.side.clone(), postgres);
+        let report = SaleReport::compute(sale, redis_snapshot.side.clone(), postgres);
         Ok((report, redis_snapshot))
     }
 }
@@ -134,8 +134,7 @@ pub async fn run_once(
         tokio::time::sleep(Duration::from_secs(args.grace)).await;
         for (report, snap) in reports.iter_mut() {
             if report.status == Status::Unsettled {
-                let sale = SaleId::parse(&report.sale_id).expect("came from a SaleId");
-                let (again, again_snap) = s.measure(&sale).await?;
+                let (again, again_snap) = s.measure(&report.sale_id).await?;
                 *report = again.settle(report);
                 *snap = again_snap;
             }
@@ -148,10 +147,10 @@ pub async fn run_once(
             if report.status != Status::Diverged {
                 continue;
             }
-            let sale = SaleId::parse(&report.sale_id).expect("came from a SaleId");
             if report.divergence.lost_units > 0
                 && let Some(action) =
-                    repair::plan_reproject(&mut s.redis, &s.keys, &s.pool, &sale, snap).await?
+                    repair::plan_reproject(&mut s.redis, &s.keys, &s.pool, &report.sale_id, snap)
+                        .await?
             {
                 plan.push(action);
             }
@@ -167,10 +166,10 @@ pub async fn run_once(
                 if report.status != Status::Diverged {
                     continue;
                 }
-                let sale = SaleId::parse(&report.sale_id).expect("came from a SaleId");
-                let (now, snap) = s.measure(&sale).await?;
+                let (now, snap) = s.measure(&report.sale_id).await?;
                 if now.status == Status::Unsettled
-                    && let Some(action) = repair::plan_rebuild(&s.pool, &sale, &snap, &now).await?
+                    && let Some(action) =
+                        repair::plan_rebuild(&s.pool, &report.sale_id, &snap, &now).await?
                 {
                     rebuild.push(action);
                 }
@@ -181,8 +180,7 @@ pub async fn run_once(
             }
             // Report the state the repairs left.
             for (report, snap) in reports.iter_mut() {
-                let sale = SaleId::parse(&report.sale_id).expect("came from a SaleId");
-                let (now, now_snap) = s.measure(&sale).await?;
+                let (now, now_snap) = s.measure(&report.sale_id).await?;
                 *report = if now.status == Status::Unsettled {
                     now.clone().settle(&now)
                 } else {
@@ -195,8 +193,9 @@ pub async fn run_once(
                 if report.status != Status::Diverged || report.divergence.lost_units > 0 {
                     continue;
                 }
-                let sale = SaleId::parse(&report.sale_id).expect("came from a SaleId");
-                if let Some(action) = repair::plan_rebuild(&s.pool, &sale, snap, report).await? {
+                if let Some(action) =
+                    repair::plan_rebuild(&s.pool, &report.sale_id, snap, report).await?
+                {
                     writeln!(out, "  (after re-projection, if still off) {action}")
                         .map_err(io_error)?;
                 }
@@ -319,7 +318,7 @@ pub async fn watch(
         let _ = stop_rx.changed().await;
     }));
     let grace = Duration::from_secs(args.grace);
-    let mut first_seen: HashMap<String, (Divergence, Instant)> = HashMap::new();
+    let mut first_seen: HashMap<SaleId, (Divergence, Instant)> = HashMap::new();
     let mut stores_open: Option<Stores> = None;
     tokio::pin!(shutdown);
     loop {
@@ -376,7 +375,7 @@ pub async fn watch(
 }
 
 fn export(report: &SaleReport) {
-    let sale = report.sale_id.clone();
+    let sale = report.sale_id.to_string();
     let flagged = report.status == Status::Diverged;
     let settled = |units: i64| if flagged { units as f64 } else { 0.0 };
     metrics::gauge!(DIVERGENCE, "sale" => sale.clone(), "kind" => "lost")

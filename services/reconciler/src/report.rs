@@ -7,6 +7,7 @@
 //! *phantom* (PostgreSQL knows units Redis does not, e.g. after Redis lost data).
 
 use serde::Serialize;
+use yoink_core::SaleId;
 
 /// Redis-side figures of a sale, read atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -80,7 +81,7 @@ impl Divergence {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SaleReport {
-    pub sale_id: String,
+    pub sale_id: SaleId,
     pub status: Status,
     /// The sale's stock by definition (PostgreSQL's, else Redis's).
     pub initial_stock: i64,
@@ -99,7 +100,7 @@ pub struct SaleReport {
 impl SaleReport {
     /// The figures of one moment. `status` is `Consistent`, `InFlight`, `Oversold` or,
     /// when the stores disagree, `Unsettled` until `settle` confirms it.
-    pub fn compute(sale_id: &str, redis: RedisSide, postgres: PostgresSide) -> Self {
+    pub fn compute(sale_id: &SaleId, redis: RedisSide, postgres: PostgresSide) -> Self {
         let initial_stock = if postgres.present {
             postgres.initial_stock
         } else {
@@ -125,7 +126,7 @@ impl SaleReport {
             Status::Consistent
         };
         Self {
-            sale_id: sale_id.to_owned(),
+            sale_id: sale_id.clone(),
             status,
             initial_stock,
             oversold_units,
@@ -169,6 +170,10 @@ mod tests {
         }
     }
 
+    fn sale() -> SaleId {
+        SaleId::parse("s").expect("valid id")
+    }
+
     fn pg(initial: i64, confirmed: i64, released: i64) -> PostgresSide {
         PostgresSide {
             present: true,
@@ -181,14 +186,14 @@ mod tests {
 
     #[test]
     fn a_drained_sale_is_consistent() {
-        let r = SaleReport::compute("s", redis(500, 0, 500, 0, 0), pg(500, 500, 0));
+        let r = SaleReport::compute(&sale(), redis(500, 0, 500, 0, 0), pg(500, 500, 0));
         assert_eq!(r.status, Status::Consistent);
         assert!(r.divergence.is_zero());
     }
 
     #[test]
     fn a_backlog_is_in_flight_not_divergence() {
-        let r = SaleReport::compute("s", redis(500, 0, 500, 0, 300), pg(500, 200, 0));
+        let r = SaleReport::compute(&sale(), redis(500, 0, 500, 0, 300), pg(500, 200, 0));
         assert_eq!(r.status, Status::InFlight);
         assert_eq!(r.in_flight_units, 300);
     }
@@ -196,17 +201,17 @@ mod tests {
     #[test]
     fn a_released_unit_back_on_sale_balances() {
         // 10 taken, 3 released (back in stock), 7 confirmed.
-        let r = SaleReport::compute("s", redis(10, 3, 10, 3, 0), pg(10, 7, 3));
+        let r = SaleReport::compute(&sale(), redis(10, 3, 10, 3, 0), pg(10, 7, 3));
         assert_eq!(r.status, Status::Consistent, "{r:?}");
         // PostgreSQL released 3 that Redis has not given back yet: in flight.
-        let r = SaleReport::compute("s", redis(10, 0, 10, 0, 0), pg(10, 7, 3));
+        let r = SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg(10, 7, 3));
         assert_eq!(r.status, Status::InFlight);
         assert_eq!(r.pending_release_units, 3);
     }
 
     #[test]
     fn a_decrement_without_an_event_is_one_lost_unit() {
-        let r = SaleReport::compute("s", redis(500, 499 - 100, 100, 0, 0), pg(500, 100, 0));
+        let r = SaleReport::compute(&sale(), redis(500, 499 - 100, 100, 0, 0), pg(500, 100, 0));
         assert_eq!(r.divergence.lost_units, 1);
         assert_eq!(r.divergence.redis_self_diff, 1);
         assert_eq!(r.status, Status::Unsettled);
@@ -214,14 +219,14 @@ mod tests {
 
     #[test]
     fn a_deleted_order_is_lost_units() {
-        let r = SaleReport::compute("s", redis(500, 0, 500, 0, 0), pg(500, 498, 0));
+        let r = SaleReport::compute(&sale(), redis(500, 0, 500, 0, 0), pg(500, 498, 0));
         assert_eq!(r.divergence.lost_units, 2);
         assert_eq!(r.divergence.phantom_units, 0);
     }
 
     #[test]
     fn redis_that_lost_its_data_shows_phantom_units() {
-        let r = SaleReport::compute("s", RedisSide::default(), pg(500, 120, 0));
+        let r = SaleReport::compute(&sale(), RedisSide::default(), pg(500, 120, 0));
         assert_eq!(r.divergence.phantom_units, 120);
         assert_eq!(r.divergence.lost_units, 0);
         assert_eq!(r.initial_stock, 500, "PostgreSQL's definition wins");
@@ -229,7 +234,7 @@ mod tests {
 
     #[test]
     fn more_confirmed_than_stocked_is_oversold_and_always_flagged() {
-        let r = SaleReport::compute("s", redis(10, 0, 10, 0, 0), pg(10, 12, 0));
+        let r = SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg(10, 12, 0));
         assert_eq!(r.oversold_units, 2);
         assert_eq!(r.status, Status::Oversold);
         assert!(r.status.is_flagged());
@@ -237,10 +242,10 @@ mod tests {
 
     #[test]
     fn a_divergence_counts_only_when_it_holds_still() {
-        let first = SaleReport::compute("s", redis(500, 399, 100, 0, 0), pg(500, 100, 0));
-        let same = SaleReport::compute("s", redis(500, 399, 100, 0, 0), pg(500, 100, 0));
+        let first = SaleReport::compute(&sale(), redis(500, 399, 100, 0, 0), pg(500, 100, 0));
+        let same = SaleReport::compute(&sale(), redis(500, 399, 100, 0, 0), pg(500, 100, 0));
         assert_eq!(same.settle(&first).status, Status::Diverged);
-        let moved = SaleReport::compute("s", redis(500, 398, 101, 0, 0), pg(500, 100, 0));
+        let moved = SaleReport::compute(&sale(), redis(500, 398, 101, 0, 0), pg(500, 100, 0));
         assert_eq!(moved.settle(&first).status, Status::Unsettled);
     }
 }
