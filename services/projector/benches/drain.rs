@@ -52,6 +52,14 @@ async fn main() {
     );
     let drain_secs = started.elapsed().as_secs_f64();
     projector.stop().await;
+    // Time inside batch handling (PostgreSQL transaction + XACK) vs the whole drain:
+    // the rest is reading and parsing entries.
+    let rendered = yoink_core::telemetry::prometheus().render();
+    let handled_secs: f64 = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("yoink_projector_batch_seconds_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
     let orders = app
         .db
         .scalar(&format!(
@@ -144,6 +152,10 @@ async fn main() {
     println!(
         "COPY ceiling:        {n} rows in {copy_secs:.2} s = {:.0} rows/s",
         n as f64 / copy_secs
+    );
+    println!(
+        "  of which batches:  {handled_secs:.2} s in transaction + XACK ({:.0} %), the rest reading entries",
+        100.0 * handled_secs / drain_secs
     );
     println!("ratio drain/COPY:    {:.2}", copy_secs / drain_secs);
     println!("steady load:         {rate} reservations/s for {steady_secs} s ({count} orders)");
