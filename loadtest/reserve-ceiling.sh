@@ -280,6 +280,9 @@ if run_b; then
   # shellcheck disable=SC2046
   SALE_ID=$SALE_B $(pin "${PIN_WRK:-}") "${WRK[@]}" -d"$DURATION" "$BASE" | tee "$TMP/wrk.log" >&2
   c1=$(redis_cpu) t1=$(now)
+  # yoink's memory: peak resident set over its life (warm-up and run), and now.
+  API_PEAK_MIB=$(awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$YOINK_PID/status" 2>/dev/null || echo "?")
+  API_RSS_MIB=$(awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$YOINK_PID/status" 2>/dev/null || echo "?")
   after=$("${RCLI[@]}" HGET "$META_B" reserved)
   API_CPU=$(pct "$c0" "$c1" "$t0" "$t1")
   API_USEC=$(evalsha_usec) API_CALLS=$(evalsha_calls)
@@ -308,6 +311,7 @@ printf '%-34s %s\n' "POST /buy (wrk)" "${API_RPS:-(not run)} req/s  (-t$THREADS 
 printf '%-34s %s\n' "POST /buy p50 / p90 / p99 / max" "${API_P50:--} / ${API_P90:--} / ${API_P99:--} / ${API_MAX:--} ms"
 printf '%-34s %s\n' "POST /buy non-2xx / socket errors" "${API_NON2XX:--} / ${API_SOCKERR:--}"
 printf '%-34s %s\n' "POST /buy units reserved/s" "${API_RESERVED_RPS:--}"
+printf '%-34s %s\n' "yoink serve memory" "peak RSS ${API_PEAK_MIB:--} MiB, ${API_RSS_MIB:--} MiB after the run"
 printf '%-34s %s\n' "POST /buy Redis CPU" "${API_CPU:--}% of one core (${API_USEC:--} µs per EVALSHA)"
 if [[ -n $CEIL_RPS && -n $API_RPS ]]; then
   printf '%-34s %s\n' "ratio /buy / ceiling" "$(ratio "$API_RPS" "$CEIL_RPS")  (reserved/s / ceiling: $(ratio "$API_RESERVED_RPS" "$CEIL_RPS"))"
