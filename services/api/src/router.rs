@@ -28,14 +28,22 @@ pub enum Route {
     Unmatched,
 }
 
+/// A path segment with its percent-escapes decoded (`s%3A1` is `s:1`); bytes that are
+/// not UTF-8 are replaced, and the id parser then refuses them with a 400.
+fn decoded(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 impl Route {
     pub fn parse(path: &str) -> Route {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segments.as_slice() {
             ["buy"] => Route::Buy,
             ["sales"] => Route::Sales,
-            ["sales", id] => Route::Sale((*id).to_owned()),
-            ["reservations", id] => Route::Reservation((*id).to_owned()),
+            ["sales", id] => Route::Sale(decoded(id)),
+            ["reservations", id] => Route::Reservation(decoded(id)),
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
@@ -125,5 +133,12 @@ mod tests {
         assert_eq!(Route::parse("/buy").template(), "/buy");
         assert_eq!(Route::parse("/buy/extra").template(), "unmatched");
         assert_eq!(Route::parse("/").template(), "unmatched");
+    }
+
+    #[test]
+    fn ids_in_paths_are_percent_decoded() {
+        assert_eq!(Route::parse("/sales/s%3A1"), Route::Sale("s:1".into()));
+        assert_eq!(Route::parse("/sales/a%20b"), Route::Sale("a b".into()));
+        assert_eq!(Route::parse("/sales/%FF"), Route::Sale("\u{FFFD}".into()));
     }
 }

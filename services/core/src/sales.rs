@@ -66,12 +66,19 @@ impl NewSale {
         if t.starts_at_ms < 0 || t.ends_at_ms < 0 {
             return Err(SaleError::Invalid("times must be after 1970"));
         }
+        if t.starts_at_ms > MAX_TIME_MS || t.ends_at_ms > MAX_TIME_MS {
+            return Err(SaleError::Invalid("times must be before the year 10000"));
+        }
         if t.ends_at_ms != 0 && t.ends_at_ms <= t.starts_at_ms {
             return Err(SaleError::Invalid("ends_at must be after starts_at"));
         }
         Ok(())
     }
 }
+
+/// Latest accepted sale time: 9999-12-31T23:59:59.999Z (PostgreSQL and every
+/// calendar library agree up to there).
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
 fn nonzero(ms: i64) -> Option<i64> {
     (ms != 0).then_some(ms)
@@ -220,6 +227,22 @@ pub fn parse_time(raw: &str) -> Result<i64, SaleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_times_postgres_cannot_store() {
+        let sale = |starts_at_ms, ends_at_ms| NewSale {
+            sale_id: SaleId::parse("s").expect("valid id"),
+            terms: SaleTerms {
+                initial_stock: 1,
+                limit_per_user: 0,
+                starts_at_ms,
+                ends_at_ms,
+            },
+        };
+        assert!(sale(0, i64::MAX - 1).check().is_err());
+        assert!(sale(MAX_TIME_MS + 1, 0).check().is_err());
+        assert!(sale(0, MAX_TIME_MS).check().is_ok());
+    }
 
     #[test]
     fn parses_rfc3339_and_epoch_millis() {

@@ -26,12 +26,26 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 struct BuyRequest {
     sale_id: SaleId,
     user_id: UserId,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole_number")]
     quantity: i64,
 }
 
 fn one() -> i64 {
     1
+}
+
+/// A JSON integer, also written with a zero fraction (`2.0`): JSON Schema's `integer`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    if let Some(n) = number.as_i64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "quantity must be a whole number, got {number}"
+        ))),
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -180,3 +180,20 @@ async fn overload_answers_only_202_409_or_503_and_every_unit_has_one_event() {
         "every 202 has its event and no event lacks a 202"
     );
 }
+
+#[tokio::test]
+async fn a_whole_quantity_written_with_a_fraction_counts_and_an_encoded_id_is_found() {
+    let app = spawn_app().await;
+    app.create_sale("drop:1", 10, 0).await;
+    let (status, body) = yoink_testkit::TestApp::status_and_json(
+        app.http
+            .post(format!("{}/buy", app.base))
+            .body(r#"{"sale_id":"drop:1","user_id":"u","quantity":2.0}"#),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["quantity"], 2);
+    let (status, view) = app.get("/sales/drop%3A1").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["remaining"], 8);
+}
