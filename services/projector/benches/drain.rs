@@ -154,7 +154,7 @@ async fn main() {
         n as f64 / copy_secs
     );
     println!(
-        "  of which batches:  {handled_secs:.2} s in transaction + XACK ({:.0} %), the rest reading entries",
+        "  of which batches:  {handled_secs:.2} s in transaction + XACK ({:.0} %), the rest waiting for entries",
         100.0 * handled_secs / drain_secs
     );
     println!("ratio drain/COPY:    {:.2}", copy_secs / drain_secs);

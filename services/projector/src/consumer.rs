@@ -13,7 +13,7 @@ use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamClaimOptions, StreamInfoConsumersReply,
     StreamInfoGroupsReply, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use yoink_core::events::SaleEvent;
 use yoink_core::keys::PROJECTOR_GROUP;
 use yoink_core::{Keyspace, RedisConn, SaleId};
@@ -56,7 +56,6 @@ pub struct SaleProjector {
     pub args: ProjectorArgs,
     pub consumer: String,
     claim_cursor: String,
-    next_reclaim: Instant,
     next_cleanup: Instant,
 }
 
@@ -80,12 +79,15 @@ impl SaleProjector {
             args,
             consumer,
             claim_cursor: "0-0".into(),
-            next_reclaim: Instant::now(),
             next_cleanup: Instant::now(),
         }
     }
 
-    /// Runs until `shutdown` turns true; the batch in hand is finished first.
+    /// Runs until `shutdown` turns true; the batches already delivered to this consumer
+    /// are finished first.
+    ///
+    /// A reader task fetches the next batch while this one is committed (a channel of
+    /// one batch between them), so reading never waits for PostgreSQL nor the reverse.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
         while let Err(err) = ensure_group(&mut self.redis, &self.stream).await {
@@ -95,59 +97,37 @@ impl SaleProjector {
             }
         }
         tracing::info!(sale_id = %self.sale, consumer = %self.consumer, "Projecting sale.");
-        while !*shutdown.borrow() {
-            match self.read_new().await {
-                Ok(entries) => {
-                    backoff.reset();
-                    if !entries.is_empty() {
-                        self.handle(entries, &mut shutdown).await;
+        let (batches, mut incoming) = mpsc::channel::<Vec<Entry>>(1);
+        let reader = Reader {
+            sale: self.sale.clone(),
+            stream: self.stream.clone(),
+            consumer: self.consumer.clone(),
+            batch_size: self.args.batch_size,
+            block_ms: self.args.block_ms,
+            conn: self.reader.clone(),
+        };
+        let reader = tokio::spawn(reader.run(batches, shutdown.clone()));
+        let mut reclaim = tokio::time::interval(self.args.claim_interval());
+        reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = *shutdown.borrow();
+            tokio::select! {
+                batch = incoming.recv() => match batch {
+                    Some(entries) => self.handle(entries, &mut shutdown).await,
+                    // The reader stopped (shutdown) and everything it read is handled.
+                    None => break,
+                },
+                _ = reclaim.tick(), if !stopping => {
+                    if let Err(err) = self.reclaim(&mut shutdown).await {
+                        metrics::transient("redis");
+                        tracing::warn!(sale_id = %self.sale, error = %err, "Reclaim failed.");
                     }
-                }
-                Err(err) if err.code() == Some("NOGROUP") => {
-                    // The stream or group vanished (Redis lost its data, or a repair
-                    // rebuilt the sale): make the group again and carry on.
-                    tracing::warn!(sale_id = %self.sale, "Consumer group missing; creating it again.");
-                    if let Err(err) = ensure_group(&mut self.redis, &self.stream).await {
-                        tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group.");
-                    }
-                    if backoff.wait(&mut shutdown).await {
-                        break;
-                    }
-                }
-                Err(err) => {
-                    metrics::transient("redis");
-                    tracing::warn!(sale_id = %self.sale, error = %err, "XREADGROUP failed.");
-                    if backoff.wait(&mut shutdown).await {
-                        break;
-                    }
-                }
-            }
-            if Instant::now() >= self.next_reclaim {
-                self.next_reclaim = Instant::now() + self.args.claim_interval();
-                if let Err(err) = self.reclaim(&mut shutdown).await {
-                    metrics::transient("redis");
-                    tracing::warn!(sale_id = %self.sale, error = %err, "Reclaim failed.");
-                }
+                },
+                _ = shutdown.changed(), if !stopping => {},
             }
         }
+        let _ = reader.await;
         tracing::info!(sale_id = %self.sale, "Sale projector stopped.");
-    }
-
-    async fn read_new(&mut self) -> redis::RedisResult<Vec<Entry>> {
-        let options = StreamReadOptions::default()
-            .group(PROJECTOR_GROUP, &self.consumer)
-            .count(self.args.batch_size)
-            .block(self.args.block_ms as usize);
-        let reply: Option<StreamReadReply> = self
-            .reader
-            .xread_options(&[&self.stream], &[">"], &options)
-            .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(Entry::from_stream)
-            .collect())
     }
 
     /// Projects `entries` until they are all committed-and-acked or refused; transient
@@ -381,6 +361,70 @@ impl SaleProjector {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads new entries of one sale stream for this consumer, on its own connection (a
+/// blocking XREADGROUP would stall a shared one), and hands them over batch by batch.
+struct Reader {
+    sale: SaleId,
+    stream: String,
+    consumer: String,
+    batch_size: usize,
+    block_ms: u64,
+    conn: RedisConn,
+}
+
+impl Reader {
+    /// Reads until shutdown; never abandons a read mid-way (what Redis delivered is
+    /// handed over), and drops `batches` when done so the projector knows.
+    async fn run(mut self, batches: mpsc::Sender<Vec<Entry>>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        while !*shutdown.borrow() {
+            match self.read().await {
+                Ok(entries) => {
+                    backoff.reset();
+                    if !entries.is_empty() && batches.send(entries).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) if err.code() == Some("NOGROUP") => {
+                    // The stream or group vanished (Redis lost its data, or a repair
+                    // rebuilt the sale): make the group again and carry on.
+                    tracing::warn!(sale_id = %self.sale, "Consumer group missing; creating it again.");
+                    if let Err(err) = ensure_group(&mut self.conn, &self.stream).await {
+                        tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group.");
+                    }
+                    if backoff.wait(&mut shutdown).await {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    metrics::transient("redis");
+                    tracing::warn!(sale_id = %self.sale, error = %err, "XREADGROUP failed.");
+                    if backoff.wait(&mut shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read(&mut self) -> redis::RedisResult<Vec<Entry>> {
+        let options = StreamReadOptions::default()
+            .group(PROJECTOR_GROUP, &self.consumer)
+            .count(self.batch_size)
+            .block(self.block_ms as usize);
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[&self.stream], &[">"], &options)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(Entry::from_stream)
+            .collect())
     }
 }
 
