@@ -63,7 +63,7 @@ macro_rules! token_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -150,6 +150,12 @@ mod tests {
         assert_eq!(id.as_uuid().get_version_num(), 7);
         assert_eq!(ReservationId::parse(&id.to_string()), Ok(id));
         assert_eq!(ReservationId::parse("nope"), Err(IdError::NotUuid));
+    }
+
+    #[test]
+    fn ids_honour_width_in_tables() {
+        let id = SaleId::parse("s1").expect("valid id");
+        assert_eq!(format!("{id:<4}|"), "s1  |");
     }
 
     #[test]
