@@ -57,11 +57,13 @@ impl From<deadpool_postgres::PoolError> for SaleError {
 impl NewSale {
     fn check(&self) -> Result<(), SaleError> {
         let t = &self.terms;
-        if t.initial_stock < 0 {
-            return Err(SaleError::Invalid("stock must be >= 0"));
+        if !(0..=MAX_UNITS).contains(&t.initial_stock) {
+            return Err(SaleError::Invalid("stock must be between 0 and 10^15"));
         }
-        if t.limit_per_user < 0 {
-            return Err(SaleError::Invalid("limit_per_user must be >= 0"));
+        if !(0..=MAX_UNITS).contains(&t.limit_per_user) {
+            return Err(SaleError::Invalid(
+                "limit_per_user must be between 0 and 10^15",
+            ));
         }
         if t.starts_at_ms < 0 || t.ends_at_ms < 0 {
             return Err(SaleError::Invalid("times must be after 1970"));
@@ -75,6 +77,10 @@ impl NewSale {
         Ok(())
     }
 }
+
+/// Most units a sale may stock or a buyer may be allowed: the Lua scripts count in
+/// doubles, exact only up to 2^53, so counts stay well below that.
+pub const MAX_UNITS: i64 = 1_000_000_000_000_000;
 
 /// Latest accepted sale time: 9999-12-31T23:59:59.999Z (PostgreSQL and every
 /// calendar library agree up to there).
@@ -242,6 +248,23 @@ mod tests {
         assert!(sale(0, i64::MAX - 1).check().is_err());
         assert!(sale(MAX_TIME_MS + 1, 0).check().is_err());
         assert!(sale(0, MAX_TIME_MS).check().is_ok());
+    }
+
+    #[test]
+    fn refuses_counts_the_lua_scripts_cannot_hold_exactly() {
+        let sale = |initial_stock, limit_per_user| NewSale {
+            sale_id: SaleId::parse("s").expect("valid id"),
+            terms: SaleTerms {
+                initial_stock,
+                limit_per_user,
+                starts_at_ms: 0,
+                ends_at_ms: 0,
+            },
+        };
+        assert!(sale(MAX_UNITS, MAX_UNITS).check().is_ok());
+        assert!(sale(MAX_UNITS + 1, 0).check().is_err());
+        assert!(sale(1, i64::MAX - 1).check().is_err());
+        assert!(sale(-1, 0).check().is_err());
     }
 
     #[test]
