@@ -70,6 +70,27 @@ async fn ensure_template(server_url: &str) -> String {
             ))
             .await
             .expect("mark template");
+        // Templates of older schemas are dead weight; one still in use stays (no FORCE).
+        let stale = admin
+            .query(
+                r"SELECT datname FROM pg_database
+                  WHERE datname LIKE 'yoink\_tpl\_%' AND datname <> $1",
+                &[&template],
+            )
+            .await
+            .expect("list templates");
+        for row in stale {
+            let name: String = row.get(0);
+            // Two statements: DROP DATABASE cannot share an (implicit) transaction.
+            let unmarked = admin
+                .batch_execute(&format!("ALTER DATABASE \"{name}\" WITH IS_TEMPLATE false"))
+                .await;
+            if unmarked.is_ok() {
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+                    .await;
+            }
+        }
     }
     admin
         .execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK])
