@@ -23,24 +23,25 @@ use crate::report::{Divergence, SaleReport, Status};
 #[command(group(clap::ArgGroup::new("which").args(["sale", "all"])))]
 pub struct ReconcileArgs {
     /// Check one sale.
-    #[arg(long)]
+    #[arg(long, env = "YOINK_RECONCILE_SALE")]
     pub sale: Option<String>,
     /// Check every sale either store knows (the default).
-    #[arg(long)]
+    #[arg(long, env = "YOINK_RECONCILE_ALL")]
     pub all: bool,
     /// One JSON object per sale, one per line.
-    #[arg(long)]
+    #[arg(long, env = "YOINK_RECONCILE_JSON")]
     pub json: bool,
     /// Run forever, checking every SECS seconds and exporting gauges.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", env = "YOINK_RECONCILE_WATCH")]
     pub watch: Option<u64>,
     /// Seconds a divergence must hold still, with the same values, to be flagged.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "YOINK_RECONCILE_GRACE", default_value_t = 5)]
     pub grace: u64,
     /// Plan repairs for diverged sales (prints the plan; applies it only with --yes).
-    #[arg(long)]
+    #[arg(long, env = "YOINK_RECONCILE_REPAIR")]
     pub repair: bool,
-    /// Apply the repair plan.
+    /// Apply the repair plan. Deliberately a flag only, never read from the
+    /// environment: a change to the stores is confirmed by whoever types the command.
     #[arg(long, requires = "repair")]
     pub yes: bool,
     /// Where `--watch` serves /metrics.

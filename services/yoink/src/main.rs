@@ -70,18 +70,20 @@ enum SaleCommand {
 
 #[derive(Debug, Args)]
 struct CreateSaleArgs {
-    #[arg(long)]
+    /// The sale's id: 1-64 characters of [A-Za-z0-9_.:-].
+    #[arg(long, env = "YOINK_SALE_ID")]
     id: String,
-    #[arg(long)]
+    /// Units on sale.
+    #[arg(long, env = "YOINK_SALE_STOCK")]
     stock: i64,
     /// Most units one buyer may hold (0 = no limit).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "YOINK_SALE_LIMIT_PER_USER", default_value_t = 0)]
     limit_per_user: i64,
     /// Opening time: RFC 3339 or epoch milliseconds (default: now).
-    #[arg(long)]
+    #[arg(long, env = "YOINK_SALE_STARTS_AT")]
     starts_at: Option<String>,
     /// Closing time: RFC 3339 or epoch milliseconds (default: never).
-    #[arg(long)]
+    #[arg(long, env = "YOINK_SALE_ENDS_AT")]
     ends_at: Option<String>,
 }
 
@@ -222,5 +224,40 @@ async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()
             eprintln!("yoink reconcile: {}", line.replace('\n', " "));
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag of every subcommand can also come from the environment, except the
+    /// repair confirmation, which must be typed.
+    #[test]
+    fn every_flag_is_also_read_from_the_environment() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version" | "yes") || arg.is_positional() {
+                    continue;
+                }
+                if arg.get_env().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "yoink", &mut missing);
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }
