@@ -22,3 +22,10 @@ pub struct AppState {
     /// Longest wait for one Redis call, reconnects included.
     pub redis_timeout: Duration,
 }
+
+impl AppState {
+    /// Reserve calls holding a permit right now.
+    pub fn reserve_calls_in_flight(&self) -> usize {
+        self.max_in_flight - self.reserve_permits.available_permits()
+    }
+}

@@ -6,7 +6,6 @@
 //! block or fail a request: recording a metric is never an error.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -101,9 +100,4 @@ pub async fn serve_metrics(listener: TcpListener, shutdown: impl std::future::Fu
                 .await;
         });
     }
-}
-
-/// Binds `addr` for `serve_metrics`.
-pub async fn bind_metrics(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -160,7 +160,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     if let Some(addr) = args.metrics_addr().map_err(StartError::Config)? {
-        let listener = telemetry::bind_metrics(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| StartError::Config(format!("binding metrics on {addr}: {e}")))?;
         let mut stop = stop_rx.clone();
@@ -231,7 +231,6 @@ pub async fn run(
         }
     }
     tracing::info!("Stopping: finishing the batches in hand.");
-    let _ = telemetry::prometheus();
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     tracing::info!("Projector stopped.");

@@ -311,7 +311,7 @@ pub async fn watch(
     every: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReconcileError> {
-    let listener = telemetry::bind_metrics(args.metrics_listen)
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .map_err(|e| ReconcileError::Unexpected(format!("binding {}: {e}", args.metrics_listen)))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -92,7 +92,7 @@ pub async fn redis_snapshot(
     let last_entry_id = text(&reply[11]);
     let pending_ids: HashSet<String> = reply[12..].iter().map(text).collect();
     let lag = int(9);
-    let mut side = RedisSide {
+    let side = RedisSide {
         present: int(0) == 1,
         initial: int(1),
         remaining: int(2),
@@ -102,6 +102,7 @@ pub async fn redis_snapshot(
         dead_letters: int(6),
         pending: int(8),
         lag: (lag >= 0).then_some(lag),
+        // Counted once PostgreSQL has said which in-flight entries are decided.
         in_flight_units: 0,
     };
 
@@ -135,7 +136,6 @@ pub async fn redis_snapshot(
             }
         }
     }
-    side.in_flight_units = in_flight.iter().map(|(_, r)| r.quantity).sum();
     Ok(RedisSnapshot {
         side,
         in_flight,
@@ -189,8 +189,8 @@ pub async fn postgres_side(
         snapshot
             .in_flight
             .retain(|(_, r)| !decided.contains(&r.reservation_id.as_uuid()));
-        snapshot.side.in_flight_units = snapshot.in_flight.iter().map(|(_, r)| r.quantity).sum();
     }
+    snapshot.side.in_flight_units = snapshot.in_flight.iter().map(|(_, r)| r.quantity).sum();
     Ok(PostgresSide {
         present: sale_row.is_some(),
         initial_stock: sale_row.map(|r| r.get(0)).unwrap_or(0),

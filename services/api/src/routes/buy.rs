@@ -103,7 +103,7 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
         record_reservation("overloaded");
         return Err(ApiError::Overloaded);
     };
-    set_in_flight(state.max_in_flight - state.reserve_permits.available_permits());
+    set_in_flight(state.reserve_calls_in_flight());
 
     let request = Reserve {
         reservation_id: ReservationId::new(),
@@ -114,7 +114,7 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
     };
     let result = reserve_retrying_lost_replies(state, &request).await;
     drop(permit);
-    set_in_flight(state.max_in_flight - state.reserve_permits.available_permits());
+    set_in_flight(state.reserve_calls_in_flight());
     record_reservation(outcome_label(&result));
     let reservation = result?;
     Ok(json_response(
