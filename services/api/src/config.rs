@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::durability::Level;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
     /// Address the HTTP API listens on.
@@ -25,6 +27,30 @@ pub struct ApiArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "YOINK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// How durable a reservation is before /buy answers 202: `none` (as Redis's own
+    /// persistence makes it), `local` (Redis fsyncs before replying: needs appendonly
+    /// yes + appendfsync always) or `replica` (a replica acknowledged it: WAIT).
+    #[arg(long, value_enum, env = "YOINK_DURABILITY", default_value_t = Level::None)]
+    pub durability: Level,
+
+    /// Replicas that must acknowledge a reservation with `--durability replica`.
+    #[arg(long, env = "YOINK_DURABILITY_REPLICAS", default_value_t = 1)]
+    pub durability_replicas: i64,
+
+    /// Longest wait (ms) for them; past it /buy answers 503 not_durable (the
+    /// reservation stands and a retry with the same Idempotency-Key returns it).
+    #[arg(long, env = "YOINK_DURABILITY_TIMEOUT_MS", default_value_t = 100)]
+    pub durability_timeout_ms: u64,
+
+    /// Seconds between re-checks of Redis's persistence settings.
+    #[arg(long, env = "YOINK_DURABILITY_CHECK_SECS", default_value_t = 10)]
+    pub durability_check_secs: u64,
+
+    /// Milliseconds between refreshes of the sales' position floors from PostgreSQL
+    /// (and checks that Redis has not gone back behind them).
+    #[arg(long, env = "YOINK_FENCE_REFRESH_MS", default_value_t = 1_000)]
+    pub fence_refresh_ms: u64,
 }
 
 impl ApiArgs {
@@ -36,7 +62,16 @@ impl ApiArgs {
             max_in_flight: 4096,
             header_timeout_secs: 10,
             shutdown_grace_secs: 10,
+            durability: Level::None,
+            durability_replicas: 1,
+            durability_timeout_ms: 100,
+            durability_check_secs: 10,
+            fence_refresh_ms: 1_000,
         }
+    }
+
+    pub fn fence_refresh(&self) -> Duration {
+        Duration::from_millis(self.fence_refresh_ms.max(10))
     }
 
     pub fn header_timeout(&self) -> Duration {

@@ -8,6 +8,7 @@
 use hyper::StatusCode;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use serde_json::json;
+use yoink_core::ReservationId;
 use yoink_core::db::{self, DbError};
 use yoink_core::redis_store;
 use yoink_core::sales::SaleError;
@@ -59,6 +60,14 @@ pub enum ApiError {
     /// 503 overloaded: too many reserve calls in flight; retry after a second
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
+    /// 503 sale_recovering: Redis went back in time and the sale is suspended until it
+    /// is rebuilt from PostgreSQL; nothing was taken
+    #[error("the sale is suspended until Redis is rebuilt from PostgreSQL")]
+    SaleRecovering,
+    /// 503 not_durable: the reservation (if any) stands, but Redis could not make it as
+    /// durable as `--durability` asks; a retry with the same Idempotency-Key returns it
+    #[error("the reservation is not durable yet")]
+    NotDurable(Option<ReservationId>),
     /// 503 unavailable: a store is down
     #[error("{0}")]
     Unavailable(String),
@@ -80,7 +89,9 @@ impl ApiError {
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | SaleRecovering | NotDurable(_) | Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,6 +113,8 @@ impl ApiError {
             IdempotencyKeyReused => "idempotency_key_reused",
             LimitExceeded => "limit_exceeded",
             Overloaded => "overloaded",
+            SaleRecovering => "sale_recovering",
+            NotDurable(_) => "not_durable",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal",
         }
@@ -109,7 +122,13 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let status = self.status();
-        let body = if status.is_server_error() {
+        let body = if let ApiError::NotDurable(Some(id)) = &self {
+            // Not a fault to hide: the client needs the id to follow its reservation.
+            json!({ "error": self.code(), "reservation_id": id })
+        } else if matches!(self, ApiError::SaleRecovering | ApiError::NotDurable(None)) {
+            // Expected refusals while a store recovers: counted, not logged per buyer.
+            json!({ "error": self.code() })
+        } else if status.is_server_error() {
             tracing::error!(code = self.code(), error = %self, "Request failed.");
             json!({ "error": self.code() })
         } else {
@@ -118,7 +137,10 @@ impl ApiError {
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         match &self {
-            ApiError::Overloaded | ApiError::Unavailable(_) => {
+            ApiError::Overloaded
+            | ApiError::Unavailable(_)
+            | ApiError::SaleRecovering
+            | ApiError::NotDurable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::MethodNotAllowed(allow) => {
@@ -155,6 +177,7 @@ impl ApiError {
 impl From<ReserveError> for ApiError {
     fn from(err: ReserveError) -> Self {
         match err {
+            ReserveError::SaleRecovering { .. } => ApiError::SaleRecovering,
             ReserveError::UnknownSale => ApiError::UnknownSale,
             ReserveError::SaleClosed => ApiError::SaleClosed,
             ReserveError::LimitExceeded => ApiError::LimitExceeded,
@@ -173,6 +196,7 @@ impl From<SaleError> for ApiError {
             SaleError::Exists => ApiError::SaleExists,
             SaleError::Invalid(why) => ApiError::InvalidRequest(why.to_owned()),
             SaleError::Unknown => ApiError::UnknownSale,
+            SaleError::Recovering => ApiError::SaleRecovering,
             SaleError::Redis(e) => ApiError::redis(e),
             SaleError::Db(e) => ApiError::db(e),
         }
@@ -207,6 +231,8 @@ mod tests {
             (ApiError::PayloadTooLarge(4096), 413, "payload_too_large"),
             (ApiError::LimitExceeded, 429, "limit_exceeded"),
             (ApiError::Overloaded, 503, "overloaded"),
+            (ApiError::SaleRecovering, 503, "sale_recovering"),
+            (ApiError::NotDurable(None), 503, "not_durable"),
             (ApiError::Unavailable("x".into()), 503, "unavailable"),
         ];
         for (err, status, code) in cases {
@@ -227,5 +253,16 @@ mod tests {
     fn overload_tells_the_client_when_to_retry() {
         let response = ApiError::Overloaded.into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn a_recovering_sale_and_a_reservation_not_durable_yet_tell_when_to_retry() {
+        let response = ApiError::SaleRecovering.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let id = ReservationId::new();
+        let response = ApiError::NotDurable(Some(id)).into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let body = crate::response::body_text(&response);
+        assert!(body.contains(&id.to_string()), "{body}");
     }
 }

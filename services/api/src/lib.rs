@@ -4,7 +4,9 @@
 //! The API never writes PostgreSQL on the `/buy` path: a buy is one Redis script call.
 
 pub mod config;
+pub mod durability;
 pub mod error;
+pub mod fences;
 pub mod metrics;
 pub mod response;
 pub mod router;
@@ -23,10 +25,12 @@ pub use config::ApiArgs;
 pub use state::AppState;
 
 /// Builds the shared state from settings. Neither store needs to be up: both connect
-/// lazily, and requests answer 503 until they are.
+/// lazily, and requests answer 503 until they are. The durability level is not
+/// verified here (`durability::check_at_start` does, before `serve` takes buys).
 pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, StartError> {
     let redis = RedisConn::open(stores).await.map_err(StartError::Redis)?;
     let pool = db::pool(&stores.database_url, stores.pg_pool_size)?;
+    let durability = durability::Durability::open(stores, args).await?;
     Ok(AppState {
         redis,
         keys: Keyspace::new(stores.key_prefix.clone()),
@@ -36,6 +40,8 @@ pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, Start
         max_in_flight: args.max_in_flight,
         metrics: telemetry::prometheus(),
         redis_timeout: stores.redis_timeout(),
+        fences: Arc::new(fences::Fences::default()),
+        durability: Arc::new(durability),
     })
 }
 
@@ -45,14 +51,31 @@ pub enum StartError {
     Redis(#[source] redis::RedisError),
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error(transparent)]
+    Durability(#[from] durability::CheckError),
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, with its background work:
+/// the sales' floors kept fresh (and Redis checked against them), and the durability
+/// level re-checked (and, for `replica`, the group-committed `WAIT`s).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     args: ApiArgs,
     shutdown: impl Future<Output = ()>,
 ) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background = state
+        .durability
+        .spawn(state.redis.clone(), state.keys.clone(), &stop_rx);
+    background.push(tokio::spawn(fences::watch(
+        state.clone(),
+        args.fence_refresh(),
+        stop_rx,
+    )));
     server::serve(listener, state, &args, shutdown).await;
+    let _ = stop_tx.send(true);
+    for task in background {
+        let _ = task.await;
+    }
 }

@@ -1,5 +1,6 @@
-//! What every request handler shares: store handles, keys, the admin token and the
-//! bound on reserve calls in flight. Cheap to clone; holds no per-request state.
+//! What every request handler shares: store handles, keys, the admin token, the bound
+//! on reserve calls in flight, the sales' position floors and the durability level.
+//! Cheap to clone; holds no per-request state.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,9 @@ use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 use yoink_core::{Keyspace, RedisConn};
+
+use crate::durability::Durability;
+use crate::fences::Fences;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +25,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Longest wait for one Redis call, reconnects included.
     pub redis_timeout: Duration,
+    /// What this instance knows of each sale's position (the reserve floor).
+    pub fences: Arc<Fences>,
+    pub durability: Arc<Durability>,
 }
 
 impl AppState {

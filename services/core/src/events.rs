@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::ids::{IdError, ReservationId, SaleId, UserId};
+use crate::position::Position;
 
 /// Field names of the sale stream entries, as written by the Lua scripts.
 pub mod field {
@@ -19,6 +20,11 @@ pub mod field {
     pub const QUANTITY: &str = "quantity";
     pub const AT_MS: &str = "at_ms";
     pub const REASON: &str = "reason";
+    /// The reservation's position (absent on events written before positions existed).
+    pub const EPOCH: &str = "epoch";
+    pub const SEQ: &str = "seq";
+    /// Present when the buyer sent an `Idempotency-Key`.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 }
 
 /// `type` of the entry `reserve.lua` appends when units are taken.
@@ -27,7 +33,7 @@ pub const RESERVED: &str = "reserved";
 pub const RELEASED: &str = "released";
 
 /// Units were taken from a sale for a buyer (written by `reserve.lua`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reserved {
     pub reservation_id: ReservationId,
     pub sale_id: SaleId,
@@ -35,6 +41,10 @@ pub struct Reserved {
     pub quantity: i64,
     /// Redis server time when the units were taken, in epoch milliseconds.
     pub at_ms: i64,
+    /// Where Redis stood when it took the units (`None` on events from before positions).
+    pub position: Option<Position>,
+    /// The buyer's `Idempotency-Key`, kept so a rebuilt Redis still answers a retry.
+    pub idempotency_key: Option<String>,
 }
 
 /// A sale stream entry, as read back by a consumer.
@@ -85,6 +95,16 @@ fn reservation_id(fields: &HashMap<String, String>) -> Result<ReservationId, Eve
     })
 }
 
+fn position(fields: &HashMap<String, String>) -> Result<Option<Position>, EventError> {
+    if !fields.contains_key(field::EPOCH) && !fields.contains_key(field::SEQ) {
+        return Ok(None);
+    }
+    Ok(Some(Position::new(
+        positive(fields, field::EPOCH)?,
+        positive(fields, field::SEQ)?,
+    )))
+}
+
 impl SaleEvent {
     /// Reads one stream entry's fields.
     pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, EventError> {
@@ -105,6 +125,8 @@ impl SaleEvent {
                 })?,
                 quantity: positive(fields, field::QUANTITY)?,
                 at_ms: positive(fields, field::AT_MS)?,
+                position: position(fields)?,
+                idempotency_key: fields.get(field::IDEMPOTENCY_KEY).cloned(),
             })),
             RELEASED => Ok(SaleEvent::Released {
                 reservation_id: reservation_id(fields)?,
@@ -142,6 +164,9 @@ mod tests {
             ("user_id", "u1"),
             ("quantity", "2"),
             ("at_ms", "1700000000000"),
+            ("epoch", "3"),
+            ("seq", "41"),
+            ("idempotency_key", "k-1"),
         ]))
         .expect("well-formed entry");
         let SaleEvent::Reserved(r) = event else {
@@ -149,6 +174,31 @@ mod tests {
         };
         assert_eq!(r.reservation_id, rid);
         assert_eq!(r.quantity, 2);
+        assert_eq!(r.position, Some(Position::new(3, 41)));
+        assert_eq!(r.idempotency_key.as_deref(), Some("k-1"));
+    }
+
+    #[test]
+    fn events_from_before_positions_still_read() {
+        let rid = ReservationId::new().to_string();
+        let mut old = fields(&[
+            ("type", "reserved"),
+            ("reservation_id", &rid),
+            ("sale_id", "s1"),
+            ("user_id", "u1"),
+            ("quantity", "1"),
+            ("at_ms", "1"),
+        ]);
+        let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&old) else {
+            panic!("an event without a position is still a reservation");
+        };
+        assert_eq!((r.position, r.idempotency_key), (None, None));
+        // Half a position is garbage, not an old event.
+        old.insert("epoch".into(), "1".into());
+        assert_eq!(
+            SaleEvent::from_fields(&old),
+            Err(EventError::Missing("seq"))
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ impl Keyspace {
         format!("{}{{sale:{}}}:{}", self.prefix, sale.as_str(), suffix)
     }
 
-    /// Hash: `initial`, `limit`, `starts_at_ms`, `ends_at_ms`, `reserved`, `released`.
+    /// Hash: `initial`, `limit`, `starts_at_ms`, `ends_at_ms`, `reserved`, `released`,
+    /// the position `epoch` and `seq`, and while the sale is suspended `suspended` (a
+    /// token) and `suspended_reason`.
     pub fn meta(&self, sale: &SaleId) -> String {
         self.sale_key(sale, "meta")
     }
@@ -66,10 +68,23 @@ impl Keyspace {
         self.sale_key(sale, "dead")
     }
 
+    /// Where a rebuild stages a replacement for one of the sale's hashes (`buyers`,
+    /// `idempotency`, `reservations`) before swapping it in atomically; it keeps the
+    /// key's hash tag, so the swap runs in one slot.
+    pub fn staged(&self, key: &str) -> String {
+        format!("{key}:rebuild")
+    }
+
     /// Set of every sale id, so projectors and lookups find sales without a scan.
     /// Not in any sale's slot: it is only ever touched on its own, never inside a script.
     pub fn sales_registry(&self) -> String {
         format!("{}yoink:sales", self.prefix)
+    }
+
+    /// Counter `serve --durability replica` increments right before each `WAIT`, so the
+    /// `WAIT` covers every earlier write of every client. Not in any sale's slot.
+    pub fn durability_probe(&self) -> String {
+        format!("{}yoink:durability-probe", self.prefix)
     }
 
     /// Stream the outbox relay publishes order events to, for downstream consumers.
@@ -100,6 +115,8 @@ mod tests {
                 ks.reservations(&sale),
                 ks.events(&sale),
                 ks.dead_letters(&sale),
+                ks.staged(&ks.buyers(&sale)),
+                ks.staged(&ks.reservations(&sale)),
             ];
             for key in &keys {
                 assert_eq!(hash_tag(key), "sale:s-1", "{key}");

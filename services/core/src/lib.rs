@@ -6,16 +6,20 @@
 
 pub mod config;
 pub mod db;
+pub mod epochs;
 pub mod events;
 pub mod ids;
 pub mod keys;
+pub mod position;
 pub mod redis_store;
 pub mod sales;
 pub mod scripts;
+pub mod stream;
 
 pub use config::StoreArgs;
 pub use ids::{IdError, ReservationId, SaleId, UserId};
 pub use keys::Keyspace;
+pub use position::Position;
 pub use redis_store::RedisConn;
 pub mod shutdown;
 pub mod telemetry;

@@ -6,15 +6,16 @@
 //! its stock: the Redis side is only ever created by `create_sale.lua`, which refuses
 //! existing keys.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use redis::AsyncCommands;
 use serde::Serialize;
 
 use crate::db::DbError;
+use crate::epochs;
 use crate::ids::SaleId;
 use crate::keys::Keyspace;
 use crate::redis_store::RedisConn;
-use crate::scripts::{self, SaleTerms};
+use crate::scripts::{self, SaleInRedis, SaleTerms};
 
 /// A sale to create.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub enum SaleError {
     /// 404 unknown_sale
     #[error("no such sale")]
     Unknown,
+    /// 503 sale_recovering: Redis is being rebuilt from PostgreSQL
+    #[error("the sale is suspended until Redis is rebuilt from PostgreSQL")]
+    Recovering,
     /// 503 when Redis is unreachable
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -132,25 +136,27 @@ pub async fn create_sale(
         if redis_has_it || decided > 0 {
             return Err(SaleError::Exists);
         }
-        terms_from_db(pool, &sale.sale_id)
+        terms_from_db(&db, &sale.sale_id)
             .await?
             .ok_or(SaleError::Unknown)?
     };
-    drop(db);
     let created = scripts::create_sale(redis, keys, &sale.sale_id, &terms).await?;
     let _: i64 = redis
         .sadd(keys.sales_registry(), sale.sale_id.as_str())
         .await?;
-    if created {
-        Ok(())
-    } else {
-        Err(SaleError::Exists)
+    if !created {
+        return Err(SaleError::Exists);
     }
+    // Only now has the sale a position in Redis that must never go back: epoch 1.
+    epochs::open_first(&db, &sale.sale_id).await?;
+    Ok(())
 }
 
 /// The sale's definition as PostgreSQL holds it.
-pub async fn terms_from_db(pool: &Pool, sale: &SaleId) -> Result<Option<SaleTerms>, SaleError> {
-    let db = pool.get().await?;
+pub async fn terms_from_db(
+    db: &impl GenericClient,
+    sale: &SaleId,
+) -> Result<Option<SaleTerms>, SaleError> {
     let row = db
         .query_opt(
             "SELECT initial_stock, limit_per_user,
@@ -182,6 +188,9 @@ pub struct SaleView {
     /// Units that became orders (PostgreSQL).
     pub confirmed: i64,
     pub limit_per_user: i64,
+    /// `open`, or `recovering` while buys are suspended until Redis is rebuilt from
+    /// PostgreSQL (Redis went back in time).
+    pub status: &'static str,
 }
 
 pub async fn view_sale(
@@ -190,9 +199,11 @@ pub async fn view_sale(
     pool: &Pool,
     sale: &SaleId,
 ) -> Result<SaleView, SaleError> {
-    let snapshot = scripts::sale_snapshot(redis, keys, sale)
-        .await?
-        .ok_or(SaleError::Unknown)?;
+    let snapshot = match scripts::sale_snapshot(redis, keys, sale).await? {
+        SaleInRedis::Present(snapshot) => snapshot,
+        SaleInRedis::SuspendedEmpty => return Err(SaleError::Recovering),
+        SaleInRedis::Missing => return Err(SaleError::Unknown),
+    };
     let db = pool.get().await?;
     let (confirmed, released) = db
         .query_opt(
@@ -210,6 +221,11 @@ pub async fn view_sale(
         released,
         confirmed,
         limit_per_user: snapshot.terms.limit_per_user,
+        status: if snapshot.suspended {
+            "recovering"
+        } else {
+            "open"
+        },
     })
 }
 

@@ -11,6 +11,7 @@ use redis::Script;
 
 use crate::ids::{ReservationId, SaleId, UserId};
 use crate::keys::Keyspace;
+use crate::position::Position;
 use crate::redis_store::{RedisConn, is_unavailable};
 
 static RESERVE: LazyLock<Script> =
@@ -21,6 +22,9 @@ static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
 static SALE_SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/sale_snapshot.lua")));
+static FENCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/fence.lua")));
+static REBUILD_SALE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/rebuild_sale.lua")));
 
 /// The request to take units (`reserve.lua`'s arguments).
 #[derive(Debug, Clone)]
@@ -30,6 +34,9 @@ pub struct Reserve<'a> {
     pub user_id: &'a UserId,
     pub quantity: i64,
     pub idempotency_key: Option<&'a str>,
+    /// The highest position the caller knows Redis reached for this sale: Redis below
+    /// it went back in time, and the script suspends the sale instead of selling.
+    pub floor: Position,
 }
 
 /// What `reserve.lua` answered when it took (or had already taken) the units.
@@ -43,11 +50,19 @@ pub struct Reservation {
     pub reserved_at_ms: i64,
     /// False when this call replayed an earlier reservation and wrote nothing.
     pub fresh: bool,
+    /// This reservation's position (fresh), or the sale's current one (replayed).
+    pub position: Position,
 }
 
 /// Why no units were taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ReserveError {
+    /// 503 sale_recovering: suspended until Redis is rebuilt from PostgreSQL
+    #[error("the sale is suspended until Redis is rebuilt from PostgreSQL")]
+    SaleRecovering {
+        /// This very call found Redis below its floor and suspended the sale.
+        suspended_now: bool,
+    },
     /// 404 unknown_sale
     #[error("no such sale")]
     UnknownSale,
@@ -77,6 +92,11 @@ pub enum ReserveError {
 impl ReserveError {
     fn from_redis(err: redis::RedisError) -> Self {
         match err.code() {
+            Some("SALE_RECOVERING") => Self::SaleRecovering {
+                suspended_now: err
+                    .detail()
+                    .is_some_and(|d| d.starts_with("Redis went back")),
+            },
             Some("UNKNOWN_SALE") => Self::UnknownSale,
             Some("SALE_CLOSED") => Self::SaleClosed,
             Some("LIMIT_EXCEEDED") => Self::LimitExceeded,
@@ -96,7 +116,7 @@ pub async fn reserve(
     req: &Reserve<'_>,
 ) -> Result<Reservation, ReserveError> {
     let sale = req.sale_id;
-    let reply: (String, String, String, i64, i64) = RESERVE
+    let reply: (String, String, String, i64, i64, i64, i64) = RESERVE
         .key(keys.meta(sale))
         .key(keys.stock(sale))
         .key(keys.buyers(sale))
@@ -108,10 +128,12 @@ pub async fn reserve(
         .arg(req.user_id.as_str())
         .arg(req.quantity)
         .arg(req.idempotency_key.unwrap_or(""))
+        .arg(req.floor.epoch)
+        .arg(req.floor.seq)
         .invoke_async(conn)
         .await
         .map_err(ReserveError::from_redis)?;
-    let (outcome, rid, stream_id, remaining, reserved_at_ms) = reply;
+    let (outcome, rid, stream_id, remaining, reserved_at_ms, epoch, seq) = reply;
     let reservation_id = ReservationId::parse(&rid).map_err(|_| {
         ReserveError::Unexpected(redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
@@ -124,6 +146,7 @@ pub async fn reserve(
         remaining,
         reserved_at_ms,
         fresh: outcome == "reserved",
+        position: Position::new(epoch, seq),
     })
 }
 
@@ -197,6 +220,8 @@ pub async fn release(
 /// A sale's Redis-side figures, read in one atomic step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleSnapshot {
+    /// Buys answer 503 until Redis is rebuilt from PostgreSQL.
+    pub suspended: bool,
     pub terms: SaleTerms,
     pub remaining: i64,
     /// Units ever taken by `reserve.lua`.
@@ -206,18 +231,36 @@ pub struct SaleSnapshot {
     pub stream_length: i64,
 }
 
-/// Runs `sale_snapshot.lua`; `None` when Redis has no such sale.
+/// What Redis holds of a sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaleInRedis {
+    Missing,
+    /// Nothing but a suspension: Redis lost the sale and a rebuild is due.
+    SuspendedEmpty,
+    Present(SaleSnapshot),
+}
+
+/// Runs `sale_snapshot.lua`.
 pub async fn sale_snapshot(
     conn: &mut RedisConn,
     keys: &Keyspace,
     sale: &SaleId,
-) -> redis::RedisResult<Option<SaleSnapshot>> {
-    let values: Vec<i64> = SALE_SNAPSHOT
+) -> redis::RedisResult<SaleInRedis> {
+    let values: Vec<redis::Value> = SALE_SNAPSHOT
         .key(keys.meta(sale))
         .key(keys.stock(sale))
         .key(keys.events(sale))
         .invoke_async(conn)
         .await?;
+    match values.len() {
+        0 => return Ok(SaleInRedis::Missing),
+        1 => return Ok(SaleInRedis::SuspendedEmpty),
+        _ => {}
+    }
+    let numbers: Vec<i64> = values
+        .iter()
+        .map(redis::from_redis_value_ref::<i64>)
+        .collect::<Result<_, _>>()?;
     let [
         initial,
         remaining,
@@ -227,11 +270,16 @@ pub async fn sale_snapshot(
         starts,
         ends,
         length,
-    ] = values[..]
+        suspended,
+    ] = numbers[..]
     else {
-        return Ok(None);
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "sale_snapshot.lua returned an unexpected number of values",
+        )));
     };
-    Ok(Some(SaleSnapshot {
+    Ok(SaleInRedis::Present(SaleSnapshot {
+        suspended: suspended == 1,
         terms: SaleTerms {
             initial_stock: initial,
             limit_per_user: limit,
@@ -245,6 +293,111 @@ pub async fn sale_snapshot(
     }))
 }
 
+/// Where `fence.lua` found the sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fence {
+    /// At or above the floor: the sale sells.
+    Live(Position),
+    /// Suspended until a rebuild; `now` when this very call suspended it.
+    Suspended {
+        position: Position,
+        token: String,
+        reason: String,
+        now: bool,
+    },
+}
+
+/// Runs `fence.lua`: suspends the sale when Redis is below `floor` (or always, with
+/// `force`), atomically with the comparison. `who` goes into the recorded reason.
+pub async fn fence(
+    conn: &mut RedisConn,
+    keys: &Keyspace,
+    sale: &SaleId,
+    floor: Position,
+    who: &str,
+    force: bool,
+) -> redis::RedisResult<Fence> {
+    let (state, epoch, seq, token, reason): (String, i64, i64, String, String) = FENCE
+        .key(keys.meta(sale))
+        .arg(floor.epoch)
+        .arg(floor.seq)
+        .arg(who)
+        .arg(if force { "force" } else { "" })
+        .invoke_async(conn)
+        .await?;
+    let position = Position::new(epoch, seq);
+    Ok(match state.as_str() {
+        "live" => Fence::Live(position),
+        other => Fence::Suspended {
+            position,
+            token,
+            reason,
+            now: other == "suspended_now",
+        },
+    })
+}
+
+/// What a rebuild swaps in (`rebuild_sale.lua`'s arguments besides the staged hashes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The suspension the rebuild started from.
+    pub token: String,
+    pub terms: SaleTerms,
+    pub reserved: i64,
+    pub released: i64,
+    pub stock: i64,
+    pub epoch: i64,
+}
+
+/// Why `rebuild_sale` swapped nothing in.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("the sale is no longer suspended by the rebuild's token")]
+    Stale,
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Runs `rebuild_sale.lua`: staged hashes, counters, stock and a new epoch in, the
+/// suspension lifted, atomically, if the sale is still suspended by `rebuild.token`.
+pub async fn rebuild_sale(
+    conn: &mut RedisConn,
+    keys: &Keyspace,
+    sale: &SaleId,
+    rebuild: &Rebuild,
+) -> Result<(), RebuildError> {
+    let (buyers, idem, reservations) = (
+        keys.buyers(sale),
+        keys.idempotency(sale),
+        keys.reservations(sale),
+    );
+    let done: redis::RedisResult<i64> = REBUILD_SALE
+        .key(keys.meta(sale))
+        .key(keys.stock(sale))
+        .key(&buyers)
+        .key(&idem)
+        .key(&reservations)
+        .key(keys.staged(&buyers))
+        .key(keys.staged(&idem))
+        .key(keys.staged(&reservations))
+        .arg(&rebuild.token)
+        .arg(rebuild.terms.initial_stock)
+        .arg(rebuild.terms.limit_per_user)
+        .arg(rebuild.terms.starts_at_ms)
+        .arg(rebuild.terms.ends_at_ms)
+        .arg(rebuild.reserved)
+        .arg(rebuild.released)
+        .arg(rebuild.stock)
+        .arg(rebuild.epoch)
+        .invoke_async(conn)
+        .await;
+    match done {
+        Ok(_) => Ok(()),
+        Err(err) if err.code() == Some("STALE") => Err(RebuildError::Stale),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Where a reservation stands in Redis (`reserve.lua`'s record of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservationRecord {
@@ -256,6 +409,19 @@ pub struct ReservationRecord {
 }
 
 impl ReservationRecord {
+    /// `state|user_id|quantity|stream_id|reserved_at_ms`, as `reserve.lua` writes it.
+    pub fn encode(&self) -> String {
+        let state = if self.released {
+            "released"
+        } else {
+            "reserved"
+        };
+        format!(
+            "{state}|{}|{}|{}|{}",
+            self.user_id, self.quantity, self.stream_id, self.reserved_at_ms
+        )
+    }
+
     /// Parses `state|user_id|quantity|stream_id|reserved_at_ms`.
     pub fn parse(record: &str) -> Option<Self> {
         let mut parts = record.split('|');
@@ -285,6 +451,8 @@ mod tests {
             ("release", include_str!("scripts/release.lua")),
             ("create_sale", include_str!("scripts/create_sale.lua")),
             ("sale_snapshot", include_str!("scripts/sale_snapshot.lua")),
+            ("fence", include_str!("scripts/fence.lua")),
+            ("rebuild_sale", include_str!("scripts/rebuild_sale.lua")),
         ] {
             for needle in ["KEYS[1]", "Returns", "Example"] {
                 assert!(source.contains(needle), "{name}.lua lacks `{needle}`");
@@ -298,5 +466,11 @@ mod tests {
         assert!(!r.released);
         assert_eq!((r.user_id.as_str(), r.quantity), ("u1", 2));
         assert!(ReservationRecord::parse("garbage").is_none());
+        assert_eq!(r.encode(), "reserved|u1|2|1-0|1700");
+        let released = ReservationRecord {
+            released: true,
+            ..r
+        };
+        assert_eq!(ReservationRecord::parse(&released.encode()), Some(released));
     }
 }

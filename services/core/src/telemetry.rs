@@ -19,6 +19,15 @@ use tokio::net::TcpListener;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Sales found with Redis below a position it had reached (Redis went back in time) and
+/// suspended, by which process noticed first (`api`, `projector`, `reconciler`).
+pub const ROLLBACKS_DETECTED: &str = "yoink_redis_rollbacks_detected_total";
+
+/// Counts a suspension this process made because Redis was behind.
+pub fn rollback_detected(sale: &crate::SaleId, by: &'static str) {
+    metrics::counter!(ROLLBACKS_DETECTED, "sale" => sale.to_string(), "by" => by).increment(1);
+}
+
 /// Latency buckets: fine below 10 ms where `/buy` lives, coarse up to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -1,9 +1,12 @@
 //! One sale's projector loop: read new entries with `XREADGROUP`, project them in one
 //! PostgreSQL transaction per batch, `XACK` after commit; on a timer, reclaim stuck
-//! entries with `XAUTOCLAIM`, report pending and lag, and remove idle empty consumers.
+//! entries with `XAUTOCLAIM`, report pending and lag, and remove idle empty consumers;
+//! on another, check that Redis has not gone back behind PostgreSQL, and rebuild the
+//! sale when it is suspended.
 //!
 //! Never acknowledge an entry before what it stands for is committed in PostgreSQL,
-//! and never dead-letter on a transient error.
+//! never dead-letter on a transient error, and never commit a batch from a Redis that
+//! is behind PostgreSQL: the rebuild decides those reservations.
 
 use std::time::{Duration, Instant};
 
@@ -16,13 +19,15 @@ use redis::streams::{
 use tokio::sync::{mpsc, watch};
 use yoink_core::events::SaleEvent;
 use yoink_core::keys::PROJECTOR_GROUP;
-use yoink_core::{Keyspace, RedisConn, SaleId};
+use yoink_core::scripts::{self, Fence};
+use yoink_core::{Keyspace, RedisConn, SaleId, epochs, telemetry};
 
 use crate::ProjectorArgs;
 use crate::dead_letter::dead_letter;
 use crate::entry::Entry;
 use crate::error::ProjectError;
 use crate::metrics;
+use crate::recovery;
 use crate::writer;
 
 /// Creates the consumer group on a sale's stream (and the stream), idempotently.
@@ -109,6 +114,9 @@ impl SaleProjector {
         let reader = tokio::spawn(reader.run(batches, shutdown.clone()));
         let mut reclaim = tokio::time::interval(self.args.claim_interval());
         reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fence = tokio::time::interval(Duration::from_millis(self.args.fence_interval_ms));
+        fence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fence_failing = false;
         loop {
             let stopping = *shutdown.borrow();
             tokio::select! {
@@ -121,6 +129,20 @@ impl SaleProjector {
                     if let Err(err) = self.reclaim(&mut shutdown).await {
                         metrics::transient("redis");
                         tracing::warn!(sale_id = %self.sale, error = %err, "Reclaim failed.");
+                    }
+                },
+                _ = fence.tick(), if !stopping => {
+                    // Logged once per change: a store outage would repeat it every tick.
+                    match self.ensure_live().await {
+                        Ok(()) if fence_failing => {
+                            fence_failing = false;
+                            tracing::info!(sale_id = %self.sale, "Sale live again.");
+                        }
+                        Err(err) if !fence_failing => {
+                            fence_failing = true;
+                            tracing::warn!(sale_id = %self.sale, error = %err, "Sale not live.");
+                        }
+                        _ => {}
                     }
                 },
                 _ = shutdown.changed(), if !stopping => {},
@@ -138,7 +160,11 @@ impl SaleProjector {
         let mut backoff = Backoff::new();
         let mut give_up_at = None;
         let outcome = loop {
-            match self.project(&entries).await {
+            let attempt = match self.ensure_live().await {
+                Ok(()) => self.project(&entries).await,
+                Err(err) => Err(err),
+            };
+            match attempt {
                 Ok(outcome) => break outcome,
                 Err(err) => {
                     metrics::transient(match &err {
@@ -176,6 +202,49 @@ impl SaleProjector {
         metrics::pool(&self.pool);
         ::metrics::histogram!(metrics::BATCH_SIZE).record(entries.len() as f64);
         ::metrics::histogram!(metrics::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
+    /// Compares Redis with PostgreSQL's floor for the sale and suspends the sale when
+    /// Redis is behind; rebuilds a suspended sale (one process at a time). Err
+    /// (transient) while the sale stays suspended, so batches wait for the rebuild.
+    async fn ensure_live(&self) -> Result<(), ProjectError> {
+        let floor = epochs::floor(&self.pool.get().await?, &self.sale).await?;
+        let mut redis = self.redis.clone();
+        let fence = scripts::fence(
+            &mut redis,
+            &self.keys,
+            &self.sale,
+            floor,
+            "projector",
+            false,
+        )
+        .await?;
+        let Fence::Suspended { now, reason, .. } = fence else {
+            return Ok(());
+        };
+        metrics::suspended(&self.sale, true);
+        if now {
+            telemetry::rollback_detected(&self.sale, "projector");
+            tracing::error!(sale_id = %self.sale, reason = %reason, "Redis went back behind PostgreSQL: sale suspended.");
+        }
+        match recovery::recover(
+            &mut redis,
+            &self.keys,
+            &self.pool,
+            &self.sale,
+            &self.consumer,
+        )
+        .await?
+        {
+            recovery::Outcome::Recovered(_) | recovery::Outcome::NotSuspended => {
+                metrics::suspended(&self.sale, false);
+                Ok(())
+            }
+            recovery::Outcome::Busy => Err(ProjectError::Transient {
+                kind: "recovering",
+                detail: "another process is rebuilding the sale".into(),
+            }),
+        }
     }
 
     /// One pass: commits what it can. Err only for a transient failure.

@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod entry;
 pub mod error;
 pub mod metrics;
+pub mod recovery;
 pub mod relay;
 pub mod writer;
 
@@ -51,6 +52,10 @@ pub struct ProjectorArgs {
     /// Milliseconds between looks for new sales.
     #[arg(long, env = "YOINK_DISCOVER_INTERVAL_MS", default_value_t = 1_000)]
     pub discover_interval_ms: u64,
+    /// Milliseconds between checks that Redis has not gone back behind PostgreSQL
+    /// (a suspended sale is rebuilt on the next check).
+    #[arg(long, env = "YOINK_FENCE_INTERVAL_MS", default_value_t = 500)]
+    pub fence_interval_ms: u64,
     /// Seconds a batch in hand may keep retrying after SIGTERM.
     #[arg(long, env = "YOINK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -92,6 +97,7 @@ impl ProjectorArgs {
             max_deliveries: 3,
             consumer_idle_delete_ms: 600_000,
             discover_interval_ms: 100,
+            fence_interval_ms: 200,
             shutdown_grace_secs: 10,
             no_relay: false,
             relay_batch: 500,
@@ -109,8 +115,15 @@ impl ProjectorArgs {
                 self.claim_idle_ms, self.block_ms
             ));
         }
-        if self.batch_size == 0 || self.max_deliveries == 0 || self.relay_batch <= 0 {
-            return Err("--batch-size, --max-deliveries and --relay-batch must be > 0".into());
+        if self.batch_size == 0
+            || self.max_deliveries == 0
+            || self.relay_batch <= 0
+            || self.fence_interval_ms == 0
+        {
+            return Err(
+                "--batch-size, --max-deliveries, --relay-batch and --fence-interval-ms must be > 0"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -133,6 +146,33 @@ impl ProjectorArgs {
             .map(Some)
             .map_err(|e| format!("--metrics-listen {}: {e}", self.metrics_listen))
     }
+}
+
+/// Every sale to project: the Redis registry, plus the active sales PostgreSQL knows
+/// had Redis state (a Redis that lost its data lost the registry too; their tasks then
+/// find the sale behind and rebuild it). PostgreSQL being down only narrows the list.
+async fn discover(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &deadpool_postgres::Pool,
+) -> redis::RedisResult<HashSet<SaleId>> {
+    let registered: Vec<String> = redis.smembers(keys.sales_registry()).await?;
+    let mut sales: HashSet<SaleId> = registered
+        .iter()
+        .filter_map(|raw| match SaleId::parse(raw) {
+            Ok(sale) => Some(sale),
+            Err(_) => {
+                tracing::warn!(sale = %raw, "Ignoring an invalid id in the sales registry.");
+                None
+            }
+        })
+        .collect();
+    if let Ok(client) = pool.get().await
+        && let Ok(active) = yoink_core::epochs::active_floors(&client).await
+    {
+        sales.extend(active.into_iter().map(|(sale, _)| sale));
+    }
+    Ok(sales)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,16 +225,9 @@ pub async fn run(
     let mut running: HashSet<SaleId> = HashSet::new();
     tokio::pin!(shutdown);
     loop {
-        match redis
-            .smembers::<_, Vec<String>>(keys.sales_registry())
-            .await
-        {
+        match discover(&mut redis, &keys, &pool).await {
             Ok(sales) => {
-                for raw in sales {
-                    let Ok(sale) = SaleId::parse(&raw) else {
-                        tracing::warn!(sale = %raw, "Ignoring an invalid id in the sales registry.");
-                        continue;
-                    };
+                for sale in sales {
                     if running.contains(&sale) {
                         continue;
                     }

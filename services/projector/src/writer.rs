@@ -1,11 +1,14 @@
 //! The SQL side of projection: confirm a batch of reservations as orders, or record a
-//! reservation's fate as released. Each call is one transaction.
+//! reservation's fate as released. `confirm` and `release` are one transaction each;
+//! the `_in` forms run inside a caller's transaction (a rebuild decides many at once).
 //!
 //! PostgreSQL decides: a fate row per reservation (primary key), orders only for
 //! 'confirmed' fates (composite foreign key), counters on `sales` under the no-oversell
-//! CHECK, and an outbox row per decision, all committed together or not at all.
+//! CHECK, and an outbox row per decision, all committed together or not at all. Each
+//! fate keeps the reservation's position and Idempotency-Key, so the newest position is
+//! PostgreSQL's high-water mark, written in the same transaction as the orders.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use uuid::Uuid;
 use yoink_core::events::Reserved;
 
@@ -18,6 +21,21 @@ pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, Pr
     if batch.is_empty() {
         return Ok(0);
     }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let new_orders = confirm_in(&tx, batch).await?;
+    tx.commit().await?;
+    Ok(new_orders)
+}
+
+/// `confirm` inside the caller's transaction.
+pub async fn confirm_in(
+    tx: &Transaction<'_>,
+    batch: &[(&str, &Reserved)],
+) -> Result<u64, ProjectError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
     let mut ids = Vec::with_capacity(batch.len());
     let mut sales = Vec::with_capacity(batch.len());
     let mut users = Vec::with_capacity(batch.len());
@@ -25,6 +43,9 @@ pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, Pr
     let mut stream_ids = Vec::with_capacity(batch.len());
     let mut at_ms = Vec::with_capacity(batch.len());
     let mut order_ids = Vec::with_capacity(batch.len());
+    let mut epochs = Vec::with_capacity(batch.len());
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut idempotency_keys = Vec::with_capacity(batch.len());
     for (stream_id, r) in batch {
         ids.push(r.reservation_id.as_uuid());
         sales.push(r.sale_id.as_str());
@@ -33,20 +54,24 @@ pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, Pr
         stream_ids.push(*stream_id);
         at_ms.push(r.at_ms);
         order_ids.push(Uuid::now_v7());
+        epochs.push(r.position.map(|p| p.epoch));
+        seqs.push(r.position.map(|p| p.seq));
+        idempotency_keys.push(r.idempotency_key.as_deref());
     }
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
     let statement = tx
         .prepare_cached(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[],
-                                      $5::text[], $6::bigint[], $7::uuid[])
-                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, at_ms, order_id)
+                                      $5::text[], $6::bigint[], $7::uuid[], $8::bigint[],
+                                      $9::bigint[], $10::text[])
+                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, at_ms, order_id,
+                          epoch, seq, idempotency_key)
              ), decided AS (
                  INSERT INTO reservation_fates
-                     (reservation_id, sale_id, user_id, quantity, fate, stream_id, reserved_at)
+                     (reservation_id, sale_id, user_id, quantity, fate, stream_id, reserved_at,
+                      epoch, seq, idempotency_key)
                  SELECT reservation_id, sale_id, user_id, quantity, 'confirmed', stream_id,
-                        to_timestamp(at_ms / 1000.0)
+                        to_timestamp(at_ms / 1000.0), epoch, seq, idempotency_key
                  FROM input
                  ON CONFLICT (reservation_id) DO NOTHING
                  RETURNING reservation_id, sale_id, user_id, quantity, reserved_at
@@ -84,11 +109,13 @@ pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, Pr
                 &stream_ids,
                 &at_ms,
                 &order_ids,
+                &epochs,
+                &seqs,
+                &idempotency_keys,
             ],
         )
         .await?;
     let new_orders: i64 = row.get(0);
-    tx.commit().await?;
     Ok(new_orders as u64)
 }
 
@@ -111,11 +138,37 @@ pub async fn release(
 ) -> Result<Fate, ProjectError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    release_in(&tx, stream_id, r, reason).await?;
+    let fate: String = tx
+        .query_one(
+            "SELECT fate FROM reservation_fates WHERE reservation_id = $1",
+            &[&r.reservation_id.as_uuid()],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(if fate == "released" {
+        Fate::Released
+    } else {
+        Fate::Confirmed
+    })
+}
+
+/// Records `released` (with its outbox row and counter) inside the caller's
+/// transaction, unless the reservation is decided already; true when it was not.
+pub async fn release_in(
+    tx: &Transaction<'_>,
+    stream_id: &str,
+    r: &Reserved,
+    reason: &str,
+) -> Result<bool, ProjectError> {
     let inserted = tx
         .query_opt(
             "INSERT INTO reservation_fates
-                 (reservation_id, sale_id, user_id, quantity, fate, reason, stream_id, reserved_at)
-             VALUES ($1, $2, $3, $4, 'released', $5, $6, to_timestamp($7::bigint / 1000.0))
+                 (reservation_id, sale_id, user_id, quantity, fate, reason, stream_id, reserved_at,
+                  epoch, seq, idempotency_key)
+             VALUES ($1, $2, $3, $4, 'released', $5, $6, to_timestamp($7::bigint / 1000.0),
+                     $8, $9, $10)
              ON CONFLICT (reservation_id) DO NOTHING
              RETURNING reservation_id",
             &[
@@ -126,6 +179,9 @@ pub async fn release(
                 &reason,
                 &stream_id,
                 &r.at_ms,
+                &r.position.map(|p| p.epoch),
+                &r.position.map(|p| p.seq),
+                &r.idempotency_key,
             ],
         )
         .await?
@@ -151,17 +207,5 @@ pub async fn release(
         )
         .await?;
     }
-    let fate: String = tx
-        .query_one(
-            "SELECT fate FROM reservation_fates WHERE reservation_id = $1",
-            &[&r.reservation_id.as_uuid()],
-        )
-        .await?
-        .get(0);
-    tx.commit().await?;
-    Ok(if fate == "released" {
-        Fate::Released
-    } else {
-        Fate::Confirmed
-    })
+    Ok(inserted)
 }

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::Pool;
+use yoink_core::scripts::{self, Fence};
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, telemetry};
 
 use crate::error::ReconcileError;
@@ -73,6 +74,10 @@ pub const DIVERGENCE: &str = "yoink_reconcile_divergence_units";
 pub const OVERSOLD: &str = "yoink_reconcile_oversold_units";
 pub const IN_FLIGHT: &str = "yoink_reconcile_in_flight_units";
 pub const LAST_SUCCESS: &str = "yoink_reconcile_last_success_timestamp_seconds";
+/// Reservations answered 202 and lost with Redis before PostgreSQL saw them.
+pub const LOST_RESERVATIONS: &str = "yoink_reconcile_lost_reservations";
+/// 1 while a sale's Redis is behind PostgreSQL (suspended) past the grace period.
+pub const RECOVERING: &str = "yoink_reconcile_recovering";
 
 struct Stores {
     redis: RedisConn,
@@ -114,6 +119,26 @@ impl Stores {
         let mut redis_snapshot =
             snapshot::redis_snapshot(&mut self.redis, &self.keys, sale).await?;
         let postgres = snapshot::postgres_side(&self.pool, sale, &mut redis_snapshot).await?;
+        if redis_snapshot.side.position < postgres.floor && !redis_snapshot.side.suspended {
+            // Redis went back in time: suspend the sale before it sells a unit
+            // PostgreSQL already sold (a projector then rebuilds it).
+            if let Fence::Suspended { now, reason, .. } = scripts::fence(
+                &mut self.redis,
+                &self.keys,
+                sale,
+                postgres.floor,
+                "reconciler",
+                false,
+            )
+            .await?
+            {
+                redis_snapshot.side.suspended = true;
+                if now {
+                    telemetry::rollback_detected(sale, "reconciler");
+                    tracing::error!(sale_id = %sale, reason = %reason, "Redis went back behind PostgreSQL: sale suspended.");
+                }
+            }
+        }
         let report = SaleReport::compute(sale, redis_snapshot.side.clone(), postgres);
         Ok((report, redis_snapshot))
     }
@@ -145,7 +170,7 @@ pub async fn run_once(
     if args.repair {
         let mut plan = Vec::new();
         for (report, snap) in &reports {
-            if report.status != Status::Diverged {
+            if !report.status.is_repairable() {
                 continue;
             }
             if report.divergence.lost_units > 0
@@ -164,7 +189,7 @@ pub async fn run_once(
             // Whatever still diverges after re-projection is Redis being off: rebuild it.
             let mut rebuild = Vec::new();
             for (report, _) in reports.iter_mut() {
-                if report.status != Status::Diverged {
+                if !report.status.is_repairable() {
                     continue;
                 }
                 let (now, snap) = s.measure(&report.sale_id).await?;
@@ -191,7 +216,7 @@ pub async fn run_once(
             }
         } else {
             for (report, snap) in &reports {
-                if report.status != Status::Diverged || report.divergence.lost_units > 0 {
+                if !report.status.is_repairable() || report.divergence.lost_units > 0 {
                     continue;
                 }
                 if let Some(action) =
@@ -291,6 +316,22 @@ pub fn render(
             r.redis.dead_letters
         )
         .map_err(io_error)?;
+        if r.redis.is_behind(&r.postgres) {
+            writeln!(
+                out,
+                "  ! Redis went back behind PostgreSQL (Redis at {}, PostgreSQL saw {}): buys are suspended until it is rebuilt",
+                r.redis.position, r.postgres.floor
+            )
+            .map_err(io_error)?;
+        }
+        if r.postgres.lost_reservations > 0 {
+            writeln!(
+                out,
+                "  ! {} reservation(s) answered 202 were lost with Redis before PostgreSQL saw them",
+                r.postgres.lost_reservations
+            )
+            .map_err(io_error)?;
+        }
         if r.divergence.redis_self_diff != 0 {
             writeln!(
                 out,
@@ -339,7 +380,7 @@ pub async fn watch(
                         *entry = (report.divergence, Instant::now());
                     }
                     if entry.1.elapsed() >= grace {
-                        report.status = Status::Diverged;
+                        report.status = report.held_status();
                     }
                 } else {
                     first_seen.remove(&report.sale_id);
@@ -384,5 +425,9 @@ fn export(report: &SaleReport) {
     metrics::gauge!(DIVERGENCE, "sale" => sale.clone(), "kind" => "phantom")
         .set(settled(report.divergence.phantom_units));
     metrics::gauge!(OVERSOLD, "sale" => sale.clone()).set(report.oversold_units as f64);
+    metrics::gauge!(LOST_RESERVATIONS, "sale" => sale.clone())
+        .set(report.postgres.lost_reservations as f64);
+    metrics::gauge!(RECOVERING, "sale" => sale.clone())
+        .set(f64::from(u8::from(report.status == Status::Recovering)));
     metrics::gauge!(IN_FLIGHT, "sale" => sale).set(report.in_flight_units as f64);
 }

@@ -2,30 +2,28 @@
 //!
 //! 1. Re-project reservations that are in the stream but missing in PostgreSQL (no
 //!    order and not released), through the projector's own idempotent writer.
-//! 2. When Redis is still off (it lost data, or units were taken without an event),
-//!    rebuild its stock, counters and buyer counts from PostgreSQL's ledger, with a
-//!    compare-and-set so a buy that slips in meanwhile is never overwritten.
+//! 2. When Redis is still off (it lost data, went back in time, or units were taken
+//!    without an event), suspend the sale and rebuild Redis from PostgreSQL's ledger
+//!    with the projector's own rebuild (`yoink_projector::recovery`): the reservations
+//!    in flight are decided first, then stock, counters, buyer counts, reservation
+//!    records and Idempotency-Keys are swapped in with a compare-and-set.
 //!
 //! Never deletes an order, never touches a sale whose figures are still moving.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::LazyLock;
 
 use deadpool_postgres::Pool;
-use redis::AsyncCommands;
-use redis::Script;
 use uuid::Uuid;
 use yoink_core::events::{Reserved, SaleEvent};
-use yoink_core::scripts::SaleTerms;
-use yoink_core::{Keyspace, RedisConn, SaleId, sales};
+use yoink_core::scripts;
+use yoink_core::stream::{self, read_range};
+use yoink_core::{Keyspace, Position, RedisConn, SaleId};
+use yoink_projector::recovery::{self, Outcome};
 
 use crate::error::ReconcileError;
 use crate::report::SaleReport;
-use crate::snapshot::{RedisSnapshot, read_range};
-
-static RESTORE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/restore_sale.lua")));
+use crate::snapshot::RedisSnapshot;
 
 pub const REPAIRS: &str = "yoink_reconcile_repairs_total";
 
@@ -37,15 +35,14 @@ pub enum Action {
         sale: SaleId,
         entries: Vec<(String, Reserved)>,
     },
-    /// Redis state rebuilt from PostgreSQL's ledger.
+    /// Suspend the sale and rebuild its Redis state from PostgreSQL's ledger.
     RebuildRedis {
         sale: SaleId,
-        expected: (bool, i64, i64, i64),
-        terms: SaleTerms,
-        reserved: i64,
-        released: i64,
-        stock: i64,
-        buyers: BTreeMap<String, i64>,
+        remaining_now: i64,
+        /// Stock after the rebuild, before the reservations in flight are decided
+        /// (each one decided `released` gives its units back on top).
+        remaining_after: i64,
+        in_flight: usize,
     },
 }
 
@@ -62,19 +59,12 @@ impl fmt::Display for Action {
             }
             Action::RebuildRedis {
                 sale,
-                expected,
-                stock,
-                reserved,
-                released,
-                buyers,
-                ..
+                remaining_now,
+                remaining_after,
+                in_flight,
             } => write!(
                 f,
-                "sale {sale}: rebuild Redis from PostgreSQL: remaining {} -> {stock}, reserved {} -> {reserved}, released {} -> {released}, {} buyer count(s)",
-                expected.3,
-                expected.1,
-                expected.2,
-                buyers.len()
+                "sale {sale}: suspend buys, decide {in_flight} reservation(s) in flight, rebuild Redis from PostgreSQL: remaining {remaining_now} -> {remaining_after}"
             ),
         }
     }
@@ -102,17 +92,7 @@ pub async fn plan_reproject(
         if in_flight.contains(entry.id.as_str()) {
             continue;
         }
-        let fields = entry
-            .map
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    redis::from_redis_value_ref::<String>(v).unwrap_or_default(),
-                )
-            })
-            .collect();
-        if let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&fields) {
+        if let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&stream::fields(&entry)) {
             reserved.push((entry.id.clone(), r));
         }
     }
@@ -143,64 +123,31 @@ pub async fn plan_reproject(
     }))
 }
 
-/// Redis stock, counters and buyer counts as PostgreSQL's ledger says they must be.
+/// A rebuild of Redis from PostgreSQL's ledger, with the stock it would leave.
 pub async fn plan_rebuild(
     pool: &Pool,
     sale: &SaleId,
     snapshot: &RedisSnapshot,
     report: &SaleReport,
 ) -> Result<Option<Action>, ReconcileError> {
-    let Some(terms) = sales::terms_from_db(pool, sale)
-        .await
-        .map_err(|e| ReconcileError::Unexpected(e.to_string()))?
+    let client = pool.get().await?;
+    let Some(row) = client
+        .query_opt(
+            "SELECT initial_stock, confirmed_units FROM sales WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?
     else {
         tracing::warn!(sale_id = %sale, "PostgreSQL does not know this sale; cannot rebuild Redis from it.");
         return Ok(None);
     };
-    let redis = &snapshot.side;
-    let pg = &report.postgres;
-    let data_lost = !redis.present;
-    // Releases PostgreSQL decided that Redis has not applied stay out of stock: the
-    // release script will still give them back, once. After data loss the reservation
-    // records are gone and the script cannot, so they count as given back now.
-    let (released, pending_release) = if data_lost {
-        (pg.released_units, 0)
-    } else {
-        (redis.released, (pg.released_units - redis.released).max(0))
-    };
-    let in_flight = redis.in_flight_units;
-    let mut stock = terms.initial_stock - pg.confirmed_units - in_flight - pending_release;
-    if stock < 0 {
-        tracing::error!(sale_id = %sale, stock, "PostgreSQL holds more than the sale's stock; rebuilding with 0 left.");
-        stock = 0;
-    }
-    let reserved = terms.initial_stock - stock + released;
-    let client = pool.get().await?;
-    let mut buyers: BTreeMap<String, i64> = client
-        .query(
-            "SELECT user_id, sum(quantity)::bigint FROM orders WHERE sale_id = $1 GROUP BY user_id",
-            &[&sale.as_str()],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for (_, r) in &snapshot.in_flight {
-        *buyers.entry(r.user_id.to_string()).or_default() += r.quantity;
-    }
+    let (initial, confirmed): (i64, i64) = (row.get(0), row.get(1));
+    let in_flight: i64 = snapshot.in_flight.iter().map(|(_, r)| r.quantity).sum();
     Ok(Some(Action::RebuildRedis {
         sale: sale.clone(),
-        expected: (
-            redis.present,
-            redis.reserved,
-            redis.released,
-            redis.remaining,
-        ),
-        terms,
-        reserved,
-        released,
-        stock,
-        buyers,
+        remaining_now: report.redis.remaining,
+        remaining_after: (initial - confirmed - in_flight).max(0),
+        in_flight: snapshot.in_flight.len(),
     }))
 }
 
@@ -257,47 +204,31 @@ pub async fn apply(
             metrics::counter!(REPAIRS, "kind" => "reproject").increment(created + restored);
             tracing::warn!(sale_id = %sale, created, restored, "Repair: re-projected reservations.");
         }
-        Action::RebuildRedis {
-            sale,
-            expected,
-            terms,
-            reserved,
-            released,
-            stock,
-            buyers,
-        } => {
-            let mut call = RESTORE.prepare_invoke();
-            call.key(keys.meta(sale))
-                .key(keys.stock(sale))
-                .key(keys.buyers(sale))
-                .arg(i64::from(expected.0))
-                .arg(expected.1)
-                .arg(expected.2)
-                .arg(expected.3)
-                .arg(terms.initial_stock)
-                .arg(terms.limit_per_user)
-                .arg(terms.starts_at_ms)
-                .arg(terms.ends_at_ms)
-                .arg(*reserved)
-                .arg(*released)
-                .arg(*stock);
-            for (user, units) in buyers {
-                call.arg(user).arg(*units);
-            }
-            let rebuilt: redis::RedisResult<i64> = call.invoke_async(redis).await;
-            match rebuilt {
-                Ok(_) => {}
-                Err(err) if err.code() == Some("STALE") => {
+        Action::RebuildRedis { sale, .. } => {
+            scripts::fence(
+                redis,
+                keys,
+                sale,
+                Position::ZERO,
+                "reconcile --repair",
+                true,
+            )
+            .await?;
+            match recovery::recover(redis, keys, pool, sale, "reconcile --repair")
+                .await
+                .map_err(|e| ReconcileError::Unexpected(format!("sale {sale}: rebuild: {e}")))?
+            {
+                Outcome::Recovered(r) => {
+                    metrics::counter!(REPAIRS, "kind" => "rebuild_redis").increment(1);
+                    tracing::warn!(sale_id = %sale, epoch = r.epoch, stock = r.stock, "Repair: rebuilt Redis from PostgreSQL.");
+                }
+                Outcome::NotSuspended => {}
+                Outcome::Busy => {
                     return Err(ReconcileError::Unexpected(format!(
-                        "sale {sale}: Redis changed while repairing (buys in progress?); run the repair again"
+                        "sale {sale}: another process is rebuilding it; run the repair again"
                     )));
                 }
-                Err(err) => return Err(err.into()),
             }
-            let _: i64 = redis.sadd(keys.sales_registry(), sale.as_str()).await?;
-            yoink_projector::consumer::ensure_group(redis, &keys.events(sale)).await?;
-            metrics::counter!(REPAIRS, "kind" => "rebuild_redis").increment(1);
-            tracing::warn!(sale_id = %sale, stock, reserved, released, "Repair: rebuilt Redis from PostgreSQL.");
         }
     }
     Ok(())

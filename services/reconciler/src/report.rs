@@ -7,7 +7,7 @@
 //! *phantom* (PostgreSQL knows units Redis does not, e.g. after Redis lost data).
 
 use serde::Serialize;
-use yoink_core::SaleId;
+use yoink_core::{Position, SaleId};
 
 /// Redis-side figures of a sale, read atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -27,6 +27,10 @@ pub struct RedisSide {
     /// Units of `reserved` entries still pending or undelivered and not decided in
     /// PostgreSQL.
     pub in_flight_units: i64,
+    /// The sale's position: (0, 0) when Redis holds no position for it.
+    pub position: Position,
+    /// Buys are suspended until Redis is rebuilt from PostgreSQL.
+    pub suspended: bool,
 }
 
 /// PostgreSQL-side figures of a sale.
@@ -40,6 +44,12 @@ pub struct PostgresSide {
     pub orders: i64,
     /// Units whose fate is `released`.
     pub released_units: i64,
+    /// The highest position PostgreSQL knows Redis reached: Redis below it went back
+    /// in time.
+    pub floor: Position,
+    /// Reservations Redis answered in an epoch that a rebuild ended and that PostgreSQL
+    /// never decided: lost with Redis's memory.
+    pub lost_reservations: i64,
 }
 
 /// How a sale stands.
@@ -50,17 +60,31 @@ pub enum Status {
     Consistent,
     /// Both stores agree once the units in flight are counted.
     InFlight,
-    /// The figures disagree but were still moving within the grace period: not flagged.
+    /// The figures disagree (or Redis is behind PostgreSQL, or rebuilding) but may
+    /// still settle within the grace period: not flagged.
     Unsettled,
     /// The stores disagree, with the same values after the grace period.
     Diverged,
+    /// Redis went back behind PostgreSQL and the sale is still suspended after the
+    /// grace period: no projector rebuilt it (`--repair --yes` does).
+    Recovering,
+    /// Redis answered reservations it lost before PostgreSQL saw them. Always flagged.
+    DataLost,
     /// More units confirmed than the sale ever had. Always flagged.
     Oversold,
 }
 
 impl Status {
+    /// `--repair` has a plan for it (re-project, or rebuild Redis).
+    pub fn is_repairable(self) -> bool {
+        matches!(self, Status::Diverged | Status::Recovering)
+    }
+
     pub fn is_flagged(self) -> bool {
-        matches!(self, Status::Diverged | Status::Oversold)
+        matches!(
+            self,
+            Status::Diverged | Status::Recovering | Status::DataLost | Status::Oversold
+        )
     }
 }
 
@@ -118,7 +142,9 @@ impl SaleReport {
         let oversold_units = (postgres.confirmed_units - initial_stock).max(0);
         let status = if oversold_units > 0 {
             Status::Oversold
-        } else if !divergence.is_zero() {
+        } else if postgres.lost_reservations > 0 {
+            Status::DataLost
+        } else if !divergence.is_zero() || redis.is_behind(&postgres) {
             Status::Unsettled
         } else if redis.in_flight_units > 0 || pending_release > 0 {
             Status::InFlight
@@ -138,13 +164,32 @@ impl SaleReport {
         }
     }
 
-    /// Called with the same sale measured `grace` later: a divergence that stayed the
-    /// same is confirmed (`Diverged`); one that moved stays `Unsettled`.
+    /// Called with the same sale measured `grace` later: a sale still suspended (or
+    /// behind PostgreSQL) is `Recovering`; a divergence that stayed the same is
+    /// confirmed (`Diverged`); one that moved stays `Unsettled`.
     pub fn settle(mut self, earlier: &SaleReport) -> Self {
-        if self.status == Status::Unsettled && self.divergence == earlier.divergence {
-            self.status = Status::Diverged;
+        if self.status == Status::Unsettled
+            && (self.redis.is_behind(&self.postgres) || self.divergence == earlier.divergence)
+        {
+            self.status = self.held_status();
         }
         self
+    }
+
+    /// What an unsettled sale is once it held for the grace period.
+    pub fn held_status(&self) -> Status {
+        if self.redis.is_behind(&self.postgres) {
+            Status::Recovering
+        } else {
+            Status::Diverged
+        }
+    }
+}
+
+impl RedisSide {
+    /// Redis is suspended, or below a position PostgreSQL knows it reached.
+    pub fn is_behind(&self, postgres: &PostgresSide) -> bool {
+        self.suspended || self.position < postgres.floor
     }
 }
 
@@ -166,6 +211,7 @@ mod tests {
             reserved,
             released,
             in_flight_units: in_flight,
+            position: Position::new(1, reserved),
             ..RedisSide::default()
         }
     }
@@ -181,6 +227,8 @@ mod tests {
             confirmed_units: confirmed,
             orders: confirmed,
             released_units: released,
+            floor: Position::new(1, 0),
+            lost_reservations: 0,
         }
     }
 
@@ -237,6 +285,32 @@ mod tests {
         let r = SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg(10, 12, 0));
         assert_eq!(r.oversold_units, 2);
         assert_eq!(r.status, Status::Oversold);
+        assert!(r.status.is_flagged());
+    }
+
+    #[test]
+    fn redis_behind_postgres_is_flagged_only_if_nobody_rebuilds_it_within_the_grace() {
+        let mut behind_pg = pg(500, 120, 0);
+        behind_pg.floor = Position::new(1, 120);
+        let rolled_back = redis(500, 440, 60, 0, 0);
+        let first = SaleReport::compute(&sale(), rolled_back.clone(), behind_pg.clone());
+        assert_eq!(first.status, Status::Unsettled);
+        let still = SaleReport::compute(&sale(), rolled_back, behind_pg.clone());
+        assert_eq!(still.settle(&first).status, Status::Recovering);
+        assert!(Status::Recovering.is_flagged());
+        // Rebuilt meanwhile: a new epoch, the stock PostgreSQL's ledger gives.
+        let mut rebuilt = redis(500, 380, 120, 0, 0);
+        rebuilt.position = Position::new(2, 0);
+        let after = SaleReport::compute(&sale(), rebuilt, behind_pg);
+        assert_eq!(after.status, Status::Consistent);
+    }
+
+    #[test]
+    fn reservations_lost_with_redis_are_always_flagged() {
+        let mut lost = pg(500, 100, 0);
+        lost.lost_reservations = 7;
+        let r = SaleReport::compute(&sale(), redis(500, 400, 100, 0, 0), lost);
+        assert_eq!(r.status, Status::DataLost);
         assert!(r.status.is_flagged());
     }
 

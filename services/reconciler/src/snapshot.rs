@@ -2,25 +2,22 @@
 //! in-flight entries, read by id range afterwards: entries never change), then
 //! PostgreSQL. Read-only: safe during a live sale.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 use redis::Script;
-use redis::streams::StreamRangeReply;
 use yoink_core::events::{Reserved, SaleEvent};
 use yoink_core::keys::PROJECTOR_GROUP;
-use yoink_core::{Keyspace, RedisConn, SaleId};
+use yoink_core::stream::{self, parse_id, read_range};
+use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs};
 
 use crate::error::ReconcileError;
 use crate::report::{PostgresSide, RedisSide};
 
 static SNAPSHOT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/reconcile_snapshot.lua")));
-
-/// Entries read per XRANGE page.
-const PAGE: usize = 5_000;
 
 /// What Redis holds for a sale, as of one instant.
 #[derive(Debug, Clone, Default)]
@@ -29,34 +26,6 @@ pub struct RedisSnapshot {
     /// `reserved` entries pending or undelivered at that instant, by stream id.
     pub in_flight: Vec<(String, Reserved)>,
     pub last_entry_id: String,
-}
-
-/// A stream id as a comparable pair.
-fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
-/// Reads `[start, end]` of a stream, page by page.
-pub async fn read_range(
-    redis: &mut RedisConn,
-    stream: &str,
-    start: &str,
-    end: &str,
-) -> Result<Vec<redis::streams::StreamId>, ReconcileError> {
-    let mut out = Vec::new();
-    let mut from = start.to_owned();
-    loop {
-        let page: StreamRangeReply = redis.xrange_count(stream, &from, end, PAGE).await?;
-        let full = page.ids.len() == PAGE;
-        if let Some(last) = page.ids.last() {
-            from = format!("({}", last.id);
-        }
-        out.extend(page.ids);
-        if !full {
-            return Ok(out);
-        }
-    }
 }
 
 fn text(value: &redis::Value) -> String {
@@ -83,14 +52,14 @@ pub async fn redis_snapshot(
             .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
             .unwrap_or(0)
     };
-    if reply.len() < 12 {
+    if reply.len() < 15 {
         return Err(ReconcileError::Unexpected(
             "reconcile_snapshot.lua returned too few values".into(),
         ));
     }
     let last_delivered = text(&reply[10]);
     let last_entry_id = text(&reply[11]);
-    let pending_ids: HashSet<String> = reply[12..].iter().map(text).collect();
+    let pending_ids: HashSet<String> = reply[15..].iter().map(text).collect();
     let lag = int(9);
     let side = RedisSide {
         present: int(0) == 1,
@@ -104,6 +73,8 @@ pub async fn redis_snapshot(
         lag: (lag >= 0).then_some(lag),
         // Counted once PostgreSQL has said which in-flight entries are decided.
         in_flight_units: 0,
+        position: Position::new(int(12), int(13)),
+        suspended: int(14) == 1,
     };
 
     // The in-flight window: pending entries, and everything after the group's
@@ -126,12 +97,7 @@ pub async fn redis_snapshot(
             if !(undelivered || pending_ids.contains(&entry.id)) {
                 continue;
             }
-            let fields: HashMap<String, String> = entry
-                .map
-                .iter()
-                .map(|(k, v)| (k.clone(), text(v)))
-                .collect();
-            if let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&fields) {
+            if let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&stream::fields(&entry)) {
                 in_flight.push((entry.id.clone(), r));
             }
         }
@@ -197,6 +163,8 @@ pub async fn postgres_side(
         orders: orders.get(0),
         confirmed_units: orders.get(1),
         released_units: released,
+        floor: epochs::floor(&client, sale).await?,
+        lost_reservations: epochs::lost_reservations(&client, sale).await?,
     })
 }
 
@@ -218,16 +186,4 @@ pub async fn all_sales(
     let mut sales: Vec<SaleId> = ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
     sales.sort();
     Ok(sales)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_id;
-
-    #[test]
-    fn stream_ids_compare_numerically() {
-        assert!(parse_id("10-0") > parse_id("9-5"));
-        assert!(parse_id("5-10") > parse_id("5-9"));
-        assert_eq!(parse_id("0-0"), (0, 0));
-    }
 }

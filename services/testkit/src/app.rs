@@ -247,6 +247,7 @@ impl TestApp {
             user_id: &user,
             quantity,
             idempotency_key: None,
+            floor: yoink_core::Position::ZERO,
         };
         yoink_core::scripts::reserve(&mut redis, self.keys(), &request)
             .await

@@ -129,6 +129,11 @@ async fn serve(stores: &StoreArgs, api: ApiArgs, no_migrate: bool) -> anyhow::Re
     let listener = TcpListener::bind(api.listen)
         .await
         .with_context(|| format!("binding {}", api.listen))?;
+    let state = yoink_api::state(stores, &api).await?;
+    let mut redis = state.redis.clone();
+    yoink_api::durability::check_at_start(&state.durability, &mut redis)
+        .await
+        .with_context(|| format!("--durability {}", api.durability.as_str()))?;
     tracing::info!(
         listen = %api.listen,
         redis = %stores.redis_url_for_logs(),
@@ -136,9 +141,9 @@ async fn serve(stores: &StoreArgs, api: ApiArgs, no_migrate: bool) -> anyhow::Re
         key_prefix = %stores.key_prefix,
         max_in_flight = api.max_in_flight,
         admin = api.admin_token.is_some(),
+        durability = api.durability.as_str(),
         "Serving the API."
     );
-    let state = yoink_api::state(stores, &api).await?;
     yoink_api::run(listener, state, api, shutdown::signal()).await;
     tracing::info!("API stopped.");
     Ok(())

@@ -3,7 +3,10 @@
 //! The reservation id is made here, before the call, so a call whose reply was lost
 //! (timeout) is retried with the same id and cannot take stock twice. Reserve calls in
 //! flight are bounded: at the bound the answer is 503 at once, never a queue that ends
-//! in timeouts after Redis already took the stock.
+//! in timeouts after Redis already took the stock. Every call carries the sale's
+//! position floor, so a Redis that went back in time suspends the sale (503
+//! `sale_recovering`) instead of selling; and no 202 leaves before the reservation is
+//! as durable as `--durability` asks (else 503 `not_durable`, the reservation standing).
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -55,6 +58,8 @@ struct Accepted<'a> {
     user_id: &'a UserId,
     quantity: i64,
     status: &'static str,
+    /// How durable the reservation was when this answer left (`--durability`).
+    durability: &'static str,
 }
 
 fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
@@ -78,6 +83,7 @@ fn outcome_label(result: &Result<scripts::Reservation, ReserveError>) -> &'stati
     match result {
         Ok(r) if r.fresh => "reserved",
         Ok(_) => "replayed",
+        Err(ReserveError::SaleRecovering { .. }) => "sale_recovering",
         Err(ReserveError::SoldOut) => "sold_out",
         Err(ReserveError::LimitExceeded) => "limit_exceeded",
         Err(ReserveError::UnknownSale) => "unknown_sale",
@@ -99,6 +105,10 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
         )));
     }
 
+    if !state.durability.satisfied() {
+        record_reservation("not_durable");
+        return Err(ApiError::NotDurable(None));
+    }
     let Ok(permit) = state.reserve_permits.clone().try_acquire_owned() else {
         record_reservation("overloaded");
         return Err(ApiError::Overloaded);
@@ -111,12 +121,36 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
         user_id: &buy.user_id,
         quantity: buy.quantity,
         idempotency_key: idempotency_key.as_deref(),
+        floor: state.fences.floor(&buy.sale_id),
     };
     let result = reserve_retrying_lost_replies(state, &request).await;
+    match &result {
+        Ok(reservation) => state.fences.saw(&buy.sale_id, reservation.position),
+        Err(ReserveError::SaleRecovering {
+            suspended_now: true,
+        }) => {
+            yoink_core::telemetry::rollback_detected(&buy.sale_id, "api");
+            tracing::error!(sale_id = %buy.sale_id, floor = %request.floor, "Redis went back in time: sale suspended until it is rebuilt from PostgreSQL.");
+        }
+        Err(_) => {}
+    }
+    // The permit is held through the durability wait: it bounds buys in progress.
+    let durable = match &result {
+        Ok(_) => state.durability.covered().await,
+        Err(_) => Ok(()),
+    };
     drop(permit);
     set_in_flight(state.reserve_calls_in_flight());
-    record_reservation(outcome_label(&result));
-    let reservation = result?;
+    let reservation = match (result, durable) {
+        (Ok(reservation), Err(_)) => {
+            record_reservation("not_durable");
+            return Err(ApiError::NotDurable(Some(reservation.reservation_id)));
+        }
+        (result, _) => {
+            record_reservation(outcome_label(&result));
+            result?
+        }
+    };
     Ok(json_response(
         StatusCode::ACCEPTED,
         &Accepted {
@@ -125,6 +159,7 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
             user_id: &buy.user_id,
             quantity: buy.quantity,
             status: "reserved",
+            durability: state.durability.level.as_str(),
         },
     ))
 }

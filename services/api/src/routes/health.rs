@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process is alive), `GET /readyz` (both stores answer) and
+//! `GET /healthz` (the process is alive), `GET /readyz` (both stores answer, and the
+//! durability level holds; it also shows what Redis's persistence can lose) and
 //! `GET /metrics` (Prometheus text). None of them may hang: every check is bounded.
 
 use std::time::Duration;
@@ -41,17 +42,24 @@ pub async fn readyz(state: &AppState) -> Result<Response, ApiError> {
         },
     );
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    if redis_ok && postgres_ok {
+    let durable = state.durability.satisfied();
+    let durability = state.durability.report();
+    if redis_ok && postgres_ok && durable {
         Ok(json_response(
             StatusCode::OK,
-            &json!({ "status": "ready", "redis": "ok", "postgres": "ok" }),
+            &json!({ "status": "ready", "redis": "ok", "postgres": "ok", "durability": durability }),
         ))
     } else {
-        // Which store is down is the whole point of this endpoint, so unlike other
-        // 5xx answers it names them (and nothing more).
+        // Which store is down (or which durability setting is missing) is the whole
+        // point of this endpoint, so unlike other 5xx answers it names them.
         let mut response = json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "error": "unavailable", "redis": word(redis_ok), "postgres": word(postgres_ok) }),
+            &json!({
+                "error": if durable { "unavailable" } else { "not_durable" },
+                "redis": word(redis_ok),
+                "postgres": word(postgres_ok),
+                "durability": durability,
+            }),
         );
         response.headers_mut().insert(
             hyper::header::RETRY_AFTER,

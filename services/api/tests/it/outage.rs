@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use yoink_testkit::{AppOptions, PrivateRedis, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_down_answers_503_within_a_second_and_recovers_when_it_returns() {
+async fn redis_down_answers_503_within_a_second_and_a_redis_back_empty_is_rebuilt_without_a_restart()
+ {
     let mut redis = PrivateRedis::start().await;
     let app = spawn_app_with(AppOptions {
         redis_url: Some(redis.url()),
@@ -34,31 +35,29 @@ async fn redis_down_answers_503_within_a_second_and_recovers_when_it_returns() {
         "alive even when not ready"
     );
 
-    // The private server lost its data with the process; a sale is made again and the
-    // same app (no restart) serves it.
+    // The private server lost its data with the process. The same app (no restart)
+    // sees a Redis below the sale's floor: it fails closed, never 202, never 404...
     redis.start_again().await;
     let recovered = yoink_testkit::eventually(Duration::from_secs(5), || async {
         app.get("/readyz").await.0 == 200
     })
     .await;
     assert!(recovered, "/readyz never came back");
-    let redis_conn = app.redis.clone();
-    let mut conn = redis_conn.clone();
-    let created = yoink_core::scripts::create_sale(
-        &mut conn,
-        app.keys(),
-        &yoink_core::SaleId::parse("outage").expect("valid"),
-        &yoink_core::scripts::SaleTerms {
-            initial_stock: 5,
-            limit_per_user: 0,
-            starts_at_ms: 0,
-            ends_at_ms: 0,
-        },
-    )
-    .await
-    .expect("Redis is back");
-    assert!(created);
-    assert_eq!(app.buy("outage", "after", 1).await.0, 202);
+    let (status, body) = app.buy("outage", "too-early", 1).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &"sale_recovering".into()),
+        "{body}"
+    );
+
+    // ...until a projector rebuilds the sale from PostgreSQL.
+    let projector = app.projector("rebuilds");
+    let sold = yoink_testkit::eventually(Duration::from_secs(10), || async {
+        app.buy("outage", "after", 1).await.0 == 202
+    })
+    .await;
+    projector.stop().await;
+    assert!(sold, "the sale never came back");
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 --[[
 create_sale.lua: create a sale's Redis state once; never touch an existing sale.
 
-KEYS[1]  meta    hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released
+KEYS[1]  meta    hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released,
+                         epoch, seq (the position: epoch 1, no reservation yet)
 KEYS[2]  stock   string  units still on sale
 
 ARGV[1]  initial stock       integer >= 0
@@ -25,6 +26,8 @@ redis.call('HSET', KEYS[1],
   'starts_at_ms', ARGV[3],
   'ends_at_ms', ARGV[4],
   'reserved', 0,
-  'released', 0)
+  'released', 0,
+  'epoch', 1,
+  'seq', 0)
 redis.call('SET', KEYS[2], ARGV[1])
 return 1

@@ -5,7 +5,7 @@ Called only after PostgreSQL recorded the reservation's fate as *released* (so i
 never also become an order). Idempotent per reservation id: a retried or raced release
 returns "already" and changes nothing.
 
-KEYS[1]  meta          hash    ... reserved, released (units)
+KEYS[1]  meta          hash    ... reserved, released (units), suspended
 KEYS[2]  stock         string  units still on sale
 KEYS[3]  buyers        hash    user_id -> units the user holds
 KEYS[4]  reservations  hash    reservation_id -> "state|user_id|quantity|stream_id|reserved_at_ms"
@@ -18,6 +18,10 @@ Returns  {outcome, quantity}
          outcome "released": units went back on sale now, a `released` event was appended
          outcome "already":  this reservation was released before; nothing written
          outcome "unknown":  Redis holds no such reservation (nothing was taken); nothing written
+Errors   SALE_RECOVERING     the sale is suspended until Redis is rebuilt from PostgreSQL;
+                             nothing written (the rebuild gives the units back from
+                             PostgreSQL's ledger and marks the reservation released, so a
+                             retry after it answers "already")
 
 Example:
   EVALSHA <sha> 5 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:reservations \
@@ -26,6 +30,10 @@ Example:
 
 local meta, stock, buyers, reservations, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid, reason = ARGV[1], ARGV[2]
+
+if redis.call('HEXISTS', meta, 'suspended') == 1 then
+  return redis.error_reply('SALE_RECOVERING the sale is suspended until Redis is rebuilt from PostgreSQL')
+end
 
 local record = redis.call('HGET', reservations, rid)
 if not record then

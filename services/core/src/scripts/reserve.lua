@@ -5,7 +5,8 @@ reserve.lua: take units of one sale for one buyer, atomically, and append the
 Every key belongs to one sale and carries the sale's hash tag `{sale:ID}`, so the
 script runs unchanged on Redis Cluster.
 
-KEYS[1]  meta          hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released
+KEYS[1]  meta          hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released,
+                               epoch, seq (the sale's position), suspended, suspended_reason
 KEYS[2]  stock         string  units still on sale ("remaining")
 KEYS[3]  buyers        hash    user_id -> units the user holds (reserved - released)
 KEYS[4]  idempotency   hash    Idempotency-Key -> reservation_id
@@ -18,12 +19,21 @@ ARGV[2]  sale_id
 ARGV[3]  user_id
 ARGV[4]  quantity         integer >= 1
 ARGV[5]  idempotency_key  "" when the client sent none
+ARGV[6]  floor_epoch      the caller's floor for the sale's position: the highest
+ARGV[7]  floor_seq        position it has seen Redis hand out or PostgreSQL record
+                          ("0" "0" when it knows none). A position below it means Redis
+                          went back in time: the sale is suspended, nothing is taken.
 
-Returns  {outcome, reservation_id, stream_id, remaining, reserved_at_ms}
-         outcome "reserved": units were taken now, the event was appended
+Returns  {outcome, reservation_id, stream_id, remaining, reserved_at_ms, epoch, seq}
+         outcome "reserved": units were taken now, the event was appended; (epoch, seq)
+                             is this reservation's position
          outcome "replayed": the reservation already existed (same reservation id or same
-                             Idempotency-Key); nothing was written
+                             Idempotency-Key); nothing was written; (epoch, seq) is the
+                             sale's current position
 Errors (code first, as redis.error_reply):
+         SALE_RECOVERING      the sale is suspended until Redis is rebuilt from PostgreSQL
+                              (it was already, or this call found Redis below its floor
+                              and suspended it: HSET meta suspended, suspended_reason)
          UNKNOWN_SALE         no sale with this id
          SALE_CLOSED          now is before starts_at or at/after ends_at
          BAD_QUANTITY         quantity is not an integer >= 1
@@ -31,17 +41,34 @@ Errors (code first, as redis.error_reply):
          SOLD_OUT             fewer units remain than asked for
          IDEMPOTENCY_MISMATCH the Idempotency-Key was used for another user or quantity
 
-Everything is checked before anything is written.
+Everything is checked before anything is written; the only write of a refused call
+is the suspension itself.
 
 Example:
   EVALSHA <sha> 6 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:idem \
-    {sale:s1}:reservations {sale:s1}:events 0190f1c2-... s1 alice 1 ""
+    {sale:s1}:reservations {sale:s1}:events 0190f1c2-... s1 alice 1 "" 1 1200
 ]]
 
 local meta, stock, buyers, idem, reservations, events =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local rid, sale_id, user_id, idem_key = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local qty = tonumber(ARGV[4])
+local floor_epoch, floor_seq = tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or 0
+
+local sale = redis.call('HMGET', meta, 'limit', 'starts_at_ms', 'ends_at_ms', 'epoch', 'seq', 'suspended')
+if sale[6] then
+  return redis.error_reply('SALE_RECOVERING the sale is suspended until Redis is rebuilt from PostgreSQL')
+end
+-- A sale created before positions existed is in epoch 1; a missing sale is at 0.
+local epoch = tonumber(sale[4]) or (sale[1] and 1 or 0)
+local seq = tonumber(sale[5]) or 0
+if epoch < floor_epoch or (epoch == floor_epoch and seq < floor_seq) then
+  local now = redis.call('TIME')
+  redis.call('HSET', meta, 'suspended', now[1] .. '.' .. now[2],
+    'suspended_reason', 'reserve: Redis at ' .. epoch .. '.' .. seq ..
+    ' is below the floor ' .. floor_epoch .. '.' .. floor_seq)
+  return redis.error_reply('SALE_RECOVERING Redis went back in time; the sale is suspended')
+end
 
 -- A reservation already recorded: answer it again (same reservation id, or the
 -- reservation the Idempotency-Key points at). The fields are split on '|', which
@@ -51,7 +78,7 @@ local function replay(existing_rid, record)
   if r_user ~= user_id or tonumber(r_qty) ~= qty then
     return redis.error_reply('IDEMPOTENCY_MISMATCH key was used for another user or quantity')
   end
-  return {'replayed', existing_rid, stream_id, tonumber(redis.call('GET', stock) or '0'), tonumber(at)}
+  return {'replayed', existing_rid, stream_id, tonumber(redis.call('GET', stock) or '0'), tonumber(at), epoch, seq}
 end
 
 local record = redis.call('HGET', reservations, rid)
@@ -65,7 +92,6 @@ if idem_key ~= '' then
   end
 end
 
-local sale = redis.call('HMGET', meta, 'limit', 'starts_at_ms', 'ends_at_ms')
 if not sale[1] then
   return redis.error_reply('UNKNOWN_SALE no sale with this id')
 end
@@ -95,16 +121,18 @@ end
 remaining = redis.call('DECRBY', stock, qty)
 redis.call('HINCRBY', buyers, user_id, qty)
 redis.call('HINCRBY', meta, 'reserved', qty)
-local stream_id = redis.call('XADD', events, '*',
-  'type', 'reserved',
-  'reservation_id', rid,
-  'sale_id', sale_id,
-  'user_id', user_id,
-  'quantity', qty,
-  'at_ms', now_ms)
+seq = redis.call('HINCRBY', meta, 'seq', 1)
+local stream_id
+if idem_key ~= '' then
+  stream_id = redis.call('XADD', events, '*',
+    'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
+    'quantity', qty, 'at_ms', now_ms, 'epoch', epoch, 'seq', seq, 'idempotency_key', idem_key)
+  redis.call('HSET', idem, idem_key, rid)
+else
+  stream_id = redis.call('XADD', events, '*',
+    'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
+    'quantity', qty, 'at_ms', now_ms, 'epoch', epoch, 'seq', seq)
+end
 redis.call('HSET', reservations, rid,
   'reserved|' .. user_id .. '|' .. qty .. '|' .. stream_id .. '|' .. now_ms)
-if idem_key ~= '' then
-  redis.call('HSET', idem, idem_key, rid)
-end
-return {'reserved', rid, stream_id, remaining, now_ms}
+return {'reserved', rid, stream_id, remaining, now_ms, epoch, seq}

@@ -2,22 +2,28 @@
 sale_snapshot.lua: read a sale's Redis-side figures in one atomic step (read-only), so
 that `remaining`, `reserved` and `released` are taken at the same instant.
 
-KEYS[1]  meta    hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released
+KEYS[1]  meta    hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released,
+                         suspended
 KEYS[2]  stock   string  units still on sale
 KEYS[3]  events  stream  the sale's event stream
 
-Returns  {} when the sale does not exist, else
-         {initial, remaining, reserved, released, limit, starts_at_ms, ends_at_ms, stream_length}
+Returns  {} when the sale does not exist, {"suspended"} when Redis holds nothing of
+         the sale but its suspension (it is being rebuilt), else
+         {initial, remaining, reserved, released, limit, starts_at_ms, ends_at_ms,
+          stream_length, suspended (1/0)}
 
 Example:
   EVALSHA <sha> 3 {sale:s1}:meta {sale:s1}:stock {sale:s1}:events
 ]]
 
-local m = redis.call('HMGET', KEYS[1], 'initial', 'reserved', 'released', 'limit', 'starts_at_ms', 'ends_at_ms')
+local m = redis.call('HMGET', KEYS[1], 'initial', 'reserved', 'released', 'limit', 'starts_at_ms', 'ends_at_ms', 'suspended')
 if not m[1] then
+  if m[7] then
+    return {'suspended'}
+  end
   return {}
 end
 local remaining = tonumber(redis.call('GET', KEYS[2]) or '0')
 local length = redis.call('XLEN', KEYS[3])
 return {tonumber(m[1]), remaining, tonumber(m[2]), tonumber(m[3]), tonumber(m[4]),
-        tonumber(m[5]), tonumber(m[6]), length}
+        tonumber(m[5]), tonumber(m[6]), length, m[7] and 1 or 0}

@@ -61,6 +61,7 @@ async fn reserve(app: &TestApp, sale: &SaleId, user: &str, quantity: i64) -> Res
             user_id: &user,
             quantity,
             idempotency_key: None,
+            floor: yoink_core::Position::ZERO,
         },
     )
     .await

@@ -3,7 +3,7 @@ reconcile_snapshot.lua: read everything the reconciler needs from one sale's Red
 state in ONE atomic, read-only step, so that stock, counters and the group's position
 are taken at the same instant.
 
-KEYS[1]  meta    hash    initial, limit, reserved, released, ...
+KEYS[1]  meta    hash    initial, limit, reserved, released, epoch, seq, suspended, ...
 KEYS[2]  stock   string  units on sale now
 KEYS[3]  events  stream  the sale's events
 KEYS[4]  dead    stream  dead letters
@@ -12,16 +12,18 @@ ARGV[1]  consumer group name (`projectors`)
 
 Returns  {meta_exists, initial, remaining, reserved, released, stream_length,
           dead_letters, group_exists, pending, lag (-1 = unknown), last_delivered_id,
-          last_entry_id, pending_id_1, pending_id_2, ...}
-         Missing keys read as 0 / "0-0". The entries themselves are read afterwards
-         with XRANGE bounded by last_entry_id: entries never change once written.
+          last_entry_id, epoch, seq, suspended (1/0), pending_id_1, pending_id_2, ...}
+         Missing keys read as 0 / "0-0"; a sale from before positions is in epoch 1.
+         The entries themselves are read afterwards with XRANGE bounded by
+         last_entry_id: entries never change once written.
 
 Example:
   EVALSHA <sha> 4 {sale:s1}:meta {sale:s1}:stock {sale:s1}:events {sale:s1}:dead projectors
 ]]
 
-local meta = redis.call('HMGET', KEYS[1], 'initial', 'reserved', 'released')
+local meta = redis.call('HMGET', KEYS[1], 'initial', 'reserved', 'released', 'epoch', 'seq', 'suspended')
 local meta_exists = meta[1] and 1 or 0
+local epoch = tonumber(meta[4]) or (meta[1] and 1 or 0)
 local remaining = tonumber(redis.call('GET', KEYS[2]) or '0')
 local stream_exists = redis.call('EXISTS', KEYS[3]) == 1
 local length = redis.call('XLEN', KEYS[3])
@@ -53,7 +55,8 @@ end
 
 local reply = {meta_exists, tonumber(meta[1] or '0'), remaining, tonumber(meta[2] or '0'),
                tonumber(meta[3] or '0'), length, dead, group_exists, pending, lag,
-               last_delivered, last_entry}
+               last_delivered, last_entry, epoch, tonumber(meta[5] or '0'),
+               meta[6] and 1 or 0}
 if pending > 0 then
   for _, p in ipairs(redis.call('XPENDING', KEYS[3], ARGV[1], '-', '+', pending)) do
     reply[#reply + 1] = p[1]

@@ -1,0 +1,197 @@
+//! This API instance's memory of where each sale's Redis state has been: the floor it
+//! passes to every reserve call, so a Redis that went back in time (restart from an old
+//! snapshot, restore, failover to a lagging replica, FLUSHALL) suspends the sale on the
+//! first buy instead of selling units PostgreSQL already sold.
+//!
+//! The floor of a sale is the highest of: every position a reserve reply carried, and
+//! PostgreSQL's floor (refreshed every second, so a freshly started instance knows it
+//! too). Positions Redis handed out are flushed to PostgreSQL, so reservations answered
+//! 202 and lost with Redis before any projector saw them are counted, not silent.
+//! A floor only ever rises; nothing here touches the `/buy` path beyond two short
+//! lock sections.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use yoink_core::scripts::{self, Fence};
+use yoink_core::{Position, SaleId, epochs, telemetry};
+
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// Highest position seen anywhere (Redis replies, PostgreSQL).
+    floor: Position,
+    /// Highest position Redis itself handed to this instance.
+    seen: Position,
+    /// `seen` as last written to PostgreSQL.
+    flushed: Position,
+}
+
+/// Floors per sale (only sales that exist: entries come from successful reserve
+/// replies and from PostgreSQL).
+#[derive(Debug, Default)]
+pub struct Fences {
+    known: Mutex<HashMap<SaleId, Known>>,
+}
+
+impl Fences {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<SaleId, Known>> {
+        // A panic while holding this lock cannot leave a floor half-written (each
+        // update is one assignment), so a poisoned map is still right.
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The floor to pass with a reserve call for `sale`.
+    pub fn floor(&self, sale: &SaleId) -> Position {
+        self.known().get(sale).map_or(Position::ZERO, |k| k.floor)
+    }
+
+    /// Redis answered with `position` for `sale`: it has been there.
+    pub fn saw(&self, sale: &SaleId, position: Position) {
+        let mut known = self.known();
+        if let Some(k) = known.get_mut(sale) {
+            k.seen = k.seen.max(position);
+            k.floor = k.floor.max(position);
+            return;
+        }
+        known.insert(
+            sale.clone(),
+            Known {
+                floor: position,
+                seen: position,
+                flushed: Position::ZERO,
+            },
+        );
+    }
+
+    /// PostgreSQL says Redis reached `floor` for `sale`.
+    fn raise(&self, sale: SaleId, floor: Position) {
+        let mut known = self.known();
+        let k = known.entry(sale).or_default();
+        k.floor = k.floor.max(floor);
+    }
+
+    fn unflushed(&self) -> Vec<(SaleId, Position)> {
+        self.known()
+            .iter()
+            .filter(|(_, k)| k.seen > k.flushed)
+            .map(|(s, k)| (s.clone(), k.seen))
+            .collect()
+    }
+
+    fn flushed(&self, written: &[(SaleId, Position)]) {
+        let mut known = self.known();
+        for (sale, position) in written {
+            if let Some(k) = known.get_mut(sale) {
+                k.flushed = k.flushed.max(*position);
+            }
+        }
+    }
+
+    fn floors(&self) -> Vec<(SaleId, Position)> {
+        self.known()
+            .iter()
+            .map(|(s, k)| (s.clone(), k.floor))
+            .collect()
+    }
+}
+
+/// Every `every`: raise the floors from PostgreSQL, flush the positions Redis handed
+/// out, and check each known sale's Redis against its floor (suspending a sale whose
+/// Redis went back even when nobody is buying). Runs until `stop` turns true; a store
+/// that is down only skips its part of a round.
+pub async fn watch(state: AppState, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut postgres_down = false;
+    loop {
+        let round = async {
+            let client = state.pool.get().await.map_err(|e| e.to_string())?;
+            for (sale, floor) in epochs::active_floors(&client)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                state.fences.raise(sale, floor);
+            }
+            let issued = state.fences.unflushed();
+            epochs::record_issued(&client, &issued)
+                .await
+                .map_err(|e| e.to_string())?;
+            state.fences.flushed(&issued);
+            Ok::<_, String>(())
+        };
+        match round.await {
+            Ok(()) if postgres_down => {
+                postgres_down = false;
+                tracing::info!("Sale floors are read from PostgreSQL again.");
+            }
+            Err(err) if !postgres_down => {
+                postgres_down = true;
+                tracing::warn!(error = %err, "Cannot read sale floors from PostgreSQL; using what this instance saw.");
+            }
+            _ => {}
+        }
+        check_redis(&state).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn check_redis(state: &AppState) {
+    for (sale, floor) in state.fences.floors() {
+        let mut redis = state.redis.clone();
+        let checked = tokio::time::timeout(
+            state.redis_timeout,
+            scripts::fence(&mut redis, &state.keys, &sale, floor, "api", false),
+        )
+        .await;
+        if let Ok(Ok(Fence::Suspended {
+            now: true, reason, ..
+        })) = checked
+        {
+            telemetry::rollback_detected(&sale, "api");
+            tracing::error!(sale_id = %sale, reason = %reason, "Redis went back in time: sale suspended until it is rebuilt from PostgreSQL.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale(id: &str) -> SaleId {
+        SaleId::parse(id).expect("valid id")
+    }
+
+    #[test]
+    fn a_floor_only_rises() {
+        let fences = Fences::default();
+        assert_eq!(fences.floor(&sale("s")), Position::ZERO);
+        fences.saw(&sale("s"), Position::new(1, 10));
+        fences.saw(&sale("s"), Position::new(1, 4));
+        assert_eq!(fences.floor(&sale("s")), Position::new(1, 10));
+        fences.raise(sale("s"), Position::new(1, 7));
+        assert_eq!(fences.floor(&sale("s")), Position::new(1, 10));
+        fences.raise(sale("s"), Position::new(2, 0));
+        assert_eq!(fences.floor(&sale("s")), Position::new(2, 0));
+        assert_eq!(fences.floor(&sale("other")), Position::ZERO);
+    }
+
+    #[test]
+    fn only_positions_redis_handed_out_are_flushed_and_only_once() {
+        let fences = Fences::default();
+        fences.raise(sale("from-pg"), Position::new(3, 0));
+        fences.saw(&sale("s"), Position::new(1, 5));
+        let unflushed = fences.unflushed();
+        assert_eq!(unflushed, vec![(sale("s"), Position::new(1, 5))]);
+        fences.flushed(&unflushed);
+        assert!(fences.unflushed().is_empty());
+        fences.saw(&sale("s"), Position::new(1, 6));
+        assert_eq!(fences.unflushed(), vec![(sale("s"), Position::new(1, 6))]);
+    }
+}

@@ -1,0 +1,128 @@
+//! Reading a sale's stream: pages of entries by id range, stream ids in order, and the
+//! `reserved` entries still in flight (pending in the projectors' group, or not
+//! delivered yet). Read-only.
+
+use std::collections::{HashMap, HashSet};
+
+use redis::AsyncCommands;
+use redis::streams::{StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamRangeReply};
+
+use crate::events::{Reserved, SaleEvent};
+use crate::ids::SaleId;
+use crate::keys::{Keyspace, PROJECTOR_GROUP};
+use crate::redis_store::RedisConn;
+
+/// Entries (or pending ids) read per call.
+const PAGE: usize = 5_000;
+
+/// A stream id as a comparable pair.
+pub fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Reads `[start, end]` of a stream, page by page.
+pub async fn read_range(
+    redis: &mut RedisConn,
+    stream: &str,
+    start: &str,
+    end: &str,
+) -> redis::RedisResult<Vec<StreamId>> {
+    let mut out = Vec::new();
+    let mut from = start.to_owned();
+    loop {
+        let page: StreamRangeReply = redis.xrange_count(stream, &from, end, PAGE).await?;
+        let full = page.ids.len() == PAGE;
+        if let Some(last) = page.ids.last() {
+            from = format!("({}", last.id);
+        }
+        out.extend(page.ids);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// An entry's fields as text (a value that is not text reads as "").
+pub fn fields(entry: &StreamId) -> HashMap<String, String> {
+    entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                redis::from_redis_value_ref::<String>(v).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The `reserved` entries of `entries`, with their stream ids, in stream order.
+pub fn reservations(entries: &[StreamId]) -> Vec<(String, Reserved)> {
+    entries
+        .iter()
+        .filter_map(|entry| match SaleEvent::from_fields(&fields(entry)) {
+            Ok(SaleEvent::Reserved(r)) => Some((entry.id.clone(), r)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `reserved` entries of a sale that no projector has acknowledged: pending in the
+/// group, or after its last-delivered id (the whole stream when the group is missing).
+/// Every reservation PostgreSQL may not have decided is among them, since projectors
+/// acknowledge only after their commit. Not atomic: meant for a sale whose stream
+/// cannot grow meanwhile (suspended), where it is exact.
+pub async fn unacknowledged(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    sale: &SaleId,
+) -> redis::RedisResult<Vec<(String, Reserved)>> {
+    let stream = keys.events(sale);
+    if !redis.exists::<_, bool>(&stream).await? {
+        return Ok(Vec::new());
+    }
+    let groups: StreamInfoGroupsReply = redis.xinfo_groups(&stream).await?;
+    let Some(group) = groups.groups.iter().find(|g| g.name == PROJECTOR_GROUP) else {
+        return Ok(reservations(&read_range(redis, &stream, "-", "+").await?));
+    };
+    let delivered = parse_id(&group.last_delivered_id);
+    let mut pending = HashSet::new();
+    let mut from = "-".to_owned();
+    while pending.len() < group.pending {
+        let page: StreamPendingCountReply = redis
+            .xpending_count(&stream, PROJECTOR_GROUP, &from, "+", PAGE)
+            .await?;
+        let Some(last) = page.ids.last() else { break };
+        from = format!("({}", last.id);
+        pending.extend(page.ids.into_iter().map(|p| p.id));
+    }
+    let start = pending
+        .iter()
+        .map(|id| parse_id(id))
+        .chain(std::iter::once((
+            delivered.0,
+            delivered.1.saturating_add(1),
+        )))
+        .min()
+        .map(|(ms, seq)| format!("{ms}-{seq}"))
+        .unwrap_or_else(|| "-".into());
+    let entries: Vec<StreamId> = read_range(redis, &stream, &start, "+")
+        .await?
+        .into_iter()
+        .filter(|e| parse_id(&e.id) > delivered || pending.contains(&e.id))
+        .collect();
+    Ok(reservations(&entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn stream_ids_compare_numerically() {
+        assert!(parse_id("10-0") > parse_id("9-5"));
+        assert!(parse_id("5-10") > parse_id("5-9"));
+        assert_eq!(parse_id("0-0"), (0, 0));
+    }
+}

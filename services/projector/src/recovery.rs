@@ -1,0 +1,421 @@
+//! Rebuilding a suspended sale's Redis state from PostgreSQL's ledger, then resuming it.
+//!
+//! A sale is suspended when Redis was found below a position someone saw it reach
+//! (`fence.lua`, `reserve.lua`): it went back in time and forgot reservations
+//! PostgreSQL holds. While suspended, nothing writes the sale's Redis state (reserve and
+//! release refuse), so the rebuild works on a still picture:
+//!
+//! 1. One process at a time (a PostgreSQL advisory lock per sale).
+//! 2. Every reservation still in the stream that PostgreSQL has not decided (taken
+//!    before the rollback and not projected yet, or taken after it and before the
+//!    suspension) is decided now, in stream order: confirmed while units and the
+//!    buyer's limit allow, released otherwise. PostgreSQL decides, and the decisions
+//!    and a new epoch commit together, before Redis is touched.
+//! 3. Redis's reservation records, Idempotency-Keys and buyer counts are staged from the
+//!    ledger, then swapped in with the counters, the stock and the new epoch, and the
+//!    suspension lifted, in one compare-and-set on the suspension token.
+//!
+//! It never deletes an order and never gives a unit back twice: released units are
+//! back on sale because the stock is computed from the ledger, and their records say
+//! `released`, so a late `release.lua` answers "already".
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use futures::TryStreamExt;
+use redis::AsyncCommands;
+use tokio_postgres::IsolationLevel;
+use yoink_core::events::Reserved;
+use yoink_core::scripts::{self, Fence, Rebuild, RebuildError, ReservationRecord, SaleTerms};
+use yoink_core::{Keyspace, RedisConn, SaleId, epochs, sales, stream};
+
+use crate::error::ProjectError;
+use crate::metrics;
+use crate::writer;
+
+/// Fields written per HSET while staging.
+const STAGE_CHUNK: usize = 1_000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub epoch: i64,
+    /// Reservations the rebuild decided: confirmed, and released for want of units or
+    /// because the buyer would pass the limit.
+    pub confirmed: u64,
+    pub released: u64,
+    /// Reservations answered in ended epochs and never decided: lost with Redis.
+    pub lost_reservations: i64,
+    pub stock: i64,
+    pub took: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Recovered(Recovered),
+    /// The sale is live (someone else finished, or it was never suspended).
+    NotSuspended,
+    /// Another process is rebuilding it right now.
+    Busy,
+}
+
+/// Rebuilds `sale` if it is suspended. `who` names the caller in logs and epochs.
+pub async fn recover(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+    sale: &SaleId,
+    who: &str,
+) -> Result<Outcome, ProjectError> {
+    let lock = pool.get().await?;
+    let locked: bool = lock
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('yoink-recover:' || $1, 0))",
+            &[&sale.as_str()],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(Outcome::Busy);
+    }
+    let outcome = rebuild(redis, keys, pool, sale, who).await;
+    let unlocked = lock
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('yoink-recover:' || $1, 0))",
+            &[&sale.as_str()],
+        )
+        .await;
+    if unlocked.is_err() {
+        // Never hand a connection that may still hold the lock back to the pool:
+        // closed, it releases the lock.
+        drop(deadpool_postgres::Object::take(lock));
+    }
+    let outcome = outcome?;
+    if let Outcome::Recovered(r) = &outcome {
+        metrics::recovered(sale, r);
+    }
+    Ok(outcome)
+}
+
+async fn rebuild(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+    sale: &SaleId,
+    who: &str,
+) -> Result<Outcome, ProjectError> {
+    let started = Instant::now();
+    let (token, reason, redis_epoch) =
+        match scripts::fence(redis, keys, sale, yoink_core::Position::ZERO, who, false).await? {
+            Fence::Live(_) => return Ok(Outcome::NotSuspended),
+            Fence::Suspended {
+                token,
+                reason,
+                position,
+                ..
+            } => (token, reason, position.epoch),
+        };
+    tracing::warn!(sale_id = %sale, reason = %reason, "Rebuilding the sale's Redis state from PostgreSQL.");
+
+    let in_stream = stream::unacknowledged(redis, keys, sale).await?;
+    let (epoch, confirmed, released) =
+        decide_and_open_epoch(pool, sale, &in_stream, &token, &reason, redis_epoch).await?;
+
+    let staged = stage(redis, keys, pool, sale).await?;
+    let rebuild = Rebuild {
+        token,
+        stock: staged.terms.initial_stock - (staged.reserved - staged.released),
+        terms: staged.terms,
+        reserved: staged.reserved,
+        released: staged.released,
+        epoch,
+    };
+    match scripts::rebuild_sale(redis, keys, sale, &rebuild).await {
+        Ok(()) => {}
+        Err(RebuildError::Stale) => {
+            return Err(ProjectError::Transient {
+                kind: "recovering",
+                detail: "the sale was suspended again during its rebuild".into(),
+            });
+        }
+        Err(RebuildError::Redis(err)) => return Err(err.into()),
+    }
+    let _: i64 = redis.sadd(keys.sales_registry(), sale.as_str()).await?;
+    crate::consumer::ensure_group(redis, &keys.events(sale)).await?;
+    let lost_reservations = epochs::lost_reservations(&pool.get().await?, sale).await?;
+    let recovered = Recovered {
+        epoch,
+        confirmed,
+        released,
+        lost_reservations,
+        stock: rebuild.stock,
+        took: started.elapsed(),
+    };
+    tracing::warn!(
+        sale_id = %sale,
+        epoch,
+        confirmed,
+        released,
+        lost_reservations,
+        stock = rebuild.stock,
+        took_ms = recovered.took.as_millis() as u64,
+        "Sale rebuilt from PostgreSQL and resumed."
+    );
+    if lost_reservations > 0 {
+        tracing::error!(sale_id = %sale, lost_reservations, "Redis lost reservations it had answered before PostgreSQL saw them.");
+    }
+    Ok(Outcome::Recovered(recovered))
+}
+
+/// Why a reservation the rebuild found undecided cannot keep its units.
+fn refusal(units_left: i64, held: i64, limit: i64, quantity: i64) -> Option<&'static str> {
+    if quantity > units_left {
+        Some("no units left in PostgreSQL after Redis lost data")
+    } else if limit > 0 && held + quantity > limit {
+        Some("per-user limit reached in PostgreSQL after Redis lost data")
+    } else {
+        None
+    }
+}
+
+/// One transaction: decides every undecided reservation of `in_stream` (stream order,
+/// first come first served) and allocates the next epoch. Returns (epoch, confirmed,
+/// released).
+async fn decide_and_open_epoch(
+    pool: &Pool,
+    sale: &SaleId,
+    in_stream: &[(String, Reserved)],
+    token: &str,
+    reason: &str,
+    redis_epoch: i64,
+) -> Result<(i64, u64, u64), ProjectError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            "SELECT initial_stock, limit_per_user, confirmed_units FROM sales
+             WHERE sale_id = $1 FOR UPDATE",
+            &[&sale.as_str()],
+        )
+        .await?
+    else {
+        return Err(ProjectError::Permanent(format!(
+            "sale {sale} is unknown to PostgreSQL: there is no ledger to rebuild Redis from"
+        )));
+    };
+    let (initial, limit, confirmed_units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let ids: Vec<uuid::Uuid> = in_stream
+        .iter()
+        .map(|(_, r)| r.reservation_id.as_uuid())
+        .collect();
+    let decided: std::collections::HashSet<uuid::Uuid> = tx
+        .query(
+            "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let undecided: Vec<&(String, Reserved)> = in_stream
+        .iter()
+        .filter(|(_, r)| {
+            let id = r.reservation_id.as_uuid();
+            !decided.contains(&id) && seen.insert(id)
+        })
+        .collect();
+    let users: Vec<&str> = undecided.iter().map(|(_, r)| r.user_id.as_str()).collect();
+    let mut held: std::collections::HashMap<String, i64> = tx
+        .query(
+            "SELECT user_id, sum(quantity)::bigint FROM reservation_fates
+             WHERE sale_id = $1 AND fate = 'confirmed' AND user_id = ANY($2)
+             GROUP BY user_id",
+            &[&sale.as_str(), &users],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    let mut units_left = initial - confirmed_units;
+    let mut to_confirm = Vec::new();
+    let mut to_release = Vec::new();
+    for (stream_id, r) in undecided {
+        let user_held = held.entry(r.user_id.to_string()).or_default();
+        match refusal(units_left, *user_held, limit, r.quantity) {
+            None => {
+                units_left -= r.quantity;
+                *user_held += r.quantity;
+                to_confirm.push((stream_id.as_str(), r));
+            }
+            Some(why) => to_release.push((stream_id.as_str(), r, why)),
+        }
+    }
+    let confirmed = writer::confirm_in(&tx, &to_confirm).await?;
+    let mut released = 0;
+    for (stream_id, r, why) in &to_release {
+        released += u64::from(writer::release_in(&tx, stream_id, r, why).await?);
+    }
+    let suspended_at: f64 = token.parse().unwrap_or(0.0);
+    let epoch: i64 = tx
+        .query_one(
+            "INSERT INTO sale_epochs
+                 (sale_id, epoch, reason, suspended_at, recovered_confirmed, recovered_released)
+             SELECT $1, greatest(coalesce(max(epoch), 0), $2::bigint) + 1, $3,
+                    CASE WHEN $4::float8 > 0 THEN to_timestamp($4::float8) END, $5, $6
+             FROM sale_epochs WHERE sale_id = $1
+             RETURNING epoch",
+            &[
+                &sale.as_str(),
+                &redis_epoch,
+                &reason,
+                &suspended_at,
+                &(confirmed as i64),
+                &(released as i64),
+            ],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok((epoch, confirmed, released))
+}
+
+/// The sale's figures, from one consistent read of the ledger.
+struct Staged {
+    terms: SaleTerms,
+    reserved: i64,
+    released: i64,
+}
+
+/// Writes the staged reservation records, Idempotency-Keys and buyer counts from
+/// PostgreSQL (one REPEATABLE READ snapshot) and returns the counters of the same
+/// snapshot.
+async fn stage(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+    sale: &SaleId,
+) -> Result<Staged, ProjectError> {
+    let (staged_buyers, staged_idem, staged_records) = (
+        keys.staged(&keys.buyers(sale)),
+        keys.staged(&keys.idempotency(sale)),
+        keys.staged(&keys.reservations(sale)),
+    );
+    let _: i64 = redis
+        .del(&[&staged_buyers, &staged_idem, &staged_records])
+        .await?;
+    let mut client = pool.get().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let terms = sales::terms_from_db(&tx, sale)
+        .await
+        .map_err(|e| ProjectError::Transient {
+            kind: "postgres",
+            detail: e.to_string(),
+        })?
+        .ok_or_else(|| ProjectError::Permanent(format!("sale {sale} is unknown to PostgreSQL")))?;
+
+    let rows = tx
+        .query_raw(
+            "SELECT reservation_id::text, user_id, quantity, fate = 'released',
+                    coalesce(stream_id, ''),
+                    (extract(epoch FROM reserved_at) * 1000)::bigint, idempotency_key
+             FROM reservation_fates WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?;
+    futures::pin_mut!(rows);
+    let mut records: Vec<(String, String)> = Vec::with_capacity(STAGE_CHUNK);
+    let mut idem: Vec<(String, String)> = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        let rid: String = row.get(0);
+        let record = ReservationRecord {
+            released: row.get(3),
+            user_id: row.get(1),
+            quantity: row.get(2),
+            stream_id: row.get(4),
+            reserved_at_ms: row.get(5),
+        };
+        if let Some(key) = row.get::<_, Option<String>>(6) {
+            idem.push((key, rid.clone()));
+        }
+        records.push((rid, record.encode()));
+        if records.len() >= STAGE_CHUNK {
+            hset(redis, &staged_records, &mut records).await?;
+        }
+        if idem.len() >= STAGE_CHUNK {
+            hset(redis, &staged_idem, &mut idem).await?;
+        }
+    }
+    hset(redis, &staged_records, &mut records).await?;
+    hset(redis, &staged_idem, &mut idem).await?;
+
+    let buyers = tx
+        .query_raw(
+            "SELECT user_id, sum(quantity)::bigint FROM reservation_fates
+             WHERE sale_id = $1 AND fate = 'confirmed' GROUP BY user_id",
+            &[&sale.as_str()],
+        )
+        .await?;
+    futures::pin_mut!(buyers);
+    let mut counts: Vec<(String, String)> = Vec::with_capacity(STAGE_CHUNK);
+    while let Some(row) = buyers.try_next().await? {
+        counts.push((row.get(0), row.get::<_, i64>(1).to_string()));
+        if counts.len() >= STAGE_CHUNK {
+            hset(redis, &staged_buyers, &mut counts).await?;
+        }
+    }
+    hset(redis, &staged_buyers, &mut counts).await?;
+
+    let totals = tx
+        .query_one(
+            "SELECT coalesce(sum(quantity), 0)::bigint,
+                    coalesce(sum(quantity) FILTER (WHERE fate = 'released'), 0)::bigint
+             FROM reservation_fates WHERE sale_id = $1",
+            &[&sale.as_str()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Staged {
+        terms,
+        reserved: totals.get(0),
+        released: totals.get(1),
+    })
+}
+
+/// HSETs `fields` into `key` (when there are any) and empties them.
+async fn hset(
+    redis: &mut RedisConn,
+    key: &str,
+    fields: &mut Vec<(String, String)>,
+) -> Result<(), ProjectError> {
+    if !fields.is_empty() {
+        let _: i64 = redis::cmd("HSET")
+            .arg(key)
+            .arg(&fields[..])
+            .query_async(redis)
+            .await?;
+        fields.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn a_reservation_keeps_its_units_only_while_units_and_the_limit_allow() {
+        assert_eq!(refusal(5, 0, 0, 5), None);
+        assert!(refusal(4, 0, 0, 5).is_some_and(|r| r.contains("no units")));
+        assert_eq!(refusal(5, 1, 2, 1), None);
+        assert!(refusal(5, 2, 2, 1).is_some_and(|r| r.contains("limit")));
+        // No limit (0) never refuses for the limit.
+        assert_eq!(refusal(10, 9, 0, 1), None);
+    }
+}
