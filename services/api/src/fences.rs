@@ -101,29 +101,30 @@ impl Fences {
     }
 }
 
-/// Every `every`: raise the floors from PostgreSQL, flush the positions Redis handed
-/// out, and check each known sale's Redis against its floor (suspending a sale whose
-/// Redis went back even when nobody is buying). Runs until `stop` turns true; a store
-/// that is down only skips its part of a round.
+/// Raises the floors from PostgreSQL and flushes the positions Redis handed out.
+pub async fn refresh(state: &AppState) -> Result<(), String> {
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    for (sale, floor) in epochs::active_floors(&client)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        state.fences.raise(sale, floor);
+    }
+    let issued = state.fences.unflushed();
+    epochs::record_issued(&client, &issued)
+        .await
+        .map_err(|e| e.to_string())?;
+    state.fences.flushed(&issued);
+    Ok(())
+}
+
+/// Every `every`: `refresh`, then check each known sale's Redis against its floor
+/// (suspending a sale whose Redis went back even when nobody is buying). Runs until
+/// `stop` turns true; a store that is down only skips its part of a round.
 pub async fn watch(state: AppState, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut postgres_down = false;
     loop {
-        let round = async {
-            let client = state.pool.get().await.map_err(|e| e.to_string())?;
-            for (sale, floor) in epochs::active_floors(&client)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                state.fences.raise(sale, floor);
-            }
-            let issued = state.fences.unflushed();
-            epochs::record_issued(&client, &issued)
-                .await
-                .map_err(|e| e.to_string())?;
-            state.fences.flushed(&issued);
-            Ok::<_, String>(())
-        };
-        match round.await {
+        match refresh(&state).await {
             Ok(()) if postgres_down => {
                 postgres_down = false;
                 tracing::info!("Sale floors are read from PostgreSQL again.");

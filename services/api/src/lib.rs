@@ -45,6 +45,9 @@ pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, Start
     })
 }
 
+/// Longest wait for the sales' floors before serving.
+const FIRST_FLOORS: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("Redis settings: {0}")]
@@ -64,6 +67,12 @@ pub async fn run(
     args: ApiArgs,
     shutdown: impl Future<Output = ()>,
 ) {
+    // Know the sales' floors before the first buy (a fresh instance beside a Redis that
+    // went back in time would otherwise sell until its first refresh); PostgreSQL being
+    // down delays the start by at most this much.
+    if let Ok(Err(err)) = tokio::time::timeout(FIRST_FLOORS, fences::refresh(&state)).await {
+        tracing::warn!(error = %err, "Starting without the sales' floors from PostgreSQL.");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = state
         .durability

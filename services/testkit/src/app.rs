@@ -27,6 +27,10 @@ pub struct AppOptions {
     pub header_timeout_secs: Option<u64>,
     /// `redis_url` is a comma-separated list of Redis Cluster nodes.
     pub redis_cluster: bool,
+    /// `--durability` (default `none`).
+    pub durability: Option<yoink_api::durability::Level>,
+    /// `--durability-check-secs`.
+    pub durability_check_secs: Option<u64>,
 }
 
 pub struct TestApp {
@@ -70,9 +74,19 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     if let Some(bound) = options.max_in_flight {
         args.max_in_flight = bound;
     }
+    if let Some(level) = options.durability {
+        args.durability = level;
+    }
+    if let Some(secs) = options.durability_check_secs {
+        args.durability_check_secs = secs;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let state = yoink_api::state(&stores, &args).await.expect("app state");
+    let mut check = state.redis.clone();
+    yoink_api::durability::check_at_start(&state.durability, &mut check)
+        .await
+        .expect("the durability level holds");
     let redis = state.redis.clone();
     let reserve_permits = state.reserve_permits.clone();
     let (tx, rx) = oneshot::channel::<()>();
@@ -219,8 +233,15 @@ impl TestApp {
     }
 
     pub fn projector_with(&self, args: yoink_projector::ProjectorArgs) -> RunningProjector {
+        RunningProjector::start(&self.stores, args)
+    }
+}
+
+impl RunningProjector {
+    /// Starts a projector on `stores` (e.g. the app's, pointed at another Redis).
+    pub fn start(stores: &StoreArgs, args: yoink_projector::ProjectorArgs) -> RunningProjector {
         let (tx, rx) = oneshot::channel::<()>();
-        let stores = self.stores.clone();
+        let stores = stores.clone();
         let task = tokio::spawn(async move {
             if let Err(err) = yoink_projector::run(&stores, args, async {
                 let _ = rx.await;
@@ -235,7 +256,9 @@ impl TestApp {
             task: Some(task),
         }
     }
+}
 
+impl TestApp {
     /// Takes units straight through the reserve script (as `/buy` does, minus HTTP),
     /// for tests that need many reservations fast.
     pub async fn reserve_direct(&self, sale: &SaleId, user: &str, quantity: i64) -> bool {

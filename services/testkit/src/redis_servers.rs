@@ -62,6 +62,8 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Where it keeps its snapshot and AOF, when it keeps any.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl PrivateRedis {
@@ -75,16 +77,73 @@ impl PrivateRedis {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: None,
         };
         server.start_again().await;
         server
+    }
+
+    /// Starts with a data directory of its own, so `SAVE` writes a snapshot (and an
+    /// AOF, with `--appendonly yes` in `extra`) that a restart loads: Redis coming back
+    /// from an older state.
+    pub async fn start_persistent(extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("yoink-redis-")
+            .tempdir()
+            .expect("temp dir");
+        let mut args: Vec<String> = vec!["--dir".into(), dir.path().display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            extra: args,
+            _dir: Some(dir),
+        };
+        server.start_again().await;
+        server
+    }
+
+    /// Starts a replica of `primary` and waits until its link is up. `DEBUG` is enabled
+    /// on it, so a test can stall it (`DEBUG SLEEP`).
+    pub async fn start_replica_of(primary: &PrivateRedis) -> Self {
+        let port = primary.port.to_string();
+        let replica = Self::start_with(&[
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+            "--enable-debug-command",
+            "yes",
+        ])
+        .await;
+        let url = replica.url();
+        let linked = crate::eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let Ok(client) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                info.contains("master_link_status:up")
+            }
+        })
+        .await;
+        assert!(linked, "replica on port {} never linked", replica.port);
+        replica
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the server (again, same port) and waits until it answers PING.
+    /// Starts the server (again, same port, same data directory if any) and waits
+    /// until it answers PING.
     pub async fn start_again(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
@@ -148,6 +207,7 @@ impl PrivateRedisCluster {
             let mut node = PrivateRedis {
                 port,
                 child: None,
+                _dir: None,
                 extra: vec![
                     "--cluster-enabled".into(),
                     "yes".into(),

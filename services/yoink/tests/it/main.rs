@@ -2,8 +2,10 @@
 //! restarted, against real Redis and PostgreSQL.
 
 mod cluster;
+mod durability;
 mod processes;
 mod reconcile;
+mod rollback;
 
 pub const YOINK: &str = env!("CARGO_BIN_EXE_yoink");
 
