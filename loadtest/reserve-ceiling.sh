@@ -175,8 +175,9 @@ if run_a; then
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD answered '$SHA'"
 
   # One call by hand: it must reserve, or the benchmark would time errors.
+  # The last two arguments are the position floor (epoch, seq): 0 0, no floor.
   probe=$("${RCLI[@]}" EVALSHA "$SHA" 6 "${KEYS_A[@]}" 01900000-0000-7000-8000-000000000000 \
-    "$SALE_A" probe-user 1 "")
+    "$SALE_A" probe-user 1 "" 0 0)
   [[ $(head -n1 <<<"$probe") == reserved ]] || die "probe EVALSHA did not reserve: $probe"
 
   # redis-benchmark replaces every __rand_int__ with its own random 12-digit number.
@@ -186,7 +187,7 @@ if run_a; then
   # the reservation id (36 characters, the length of a UUID; the script never parses
   # it) takes two independent numbers (~62 bits): each call is a new reservation of a
   # (nearly always) new user, and the script does the full work (checks, DECRBY,
-  # HINCRBY x2, XADD, HSET). A user drawn twice just holds 2 units (limit 0).
+  # HINCRBY x3, XADD, HSET). A user drawn twice just holds 2 units (limit 0).
   log "Part A: redis-benchmark -n $BENCH_REQUESTS -c $BENCH_CLIENTS -P $BENCH_PIPELINE EVALSHA reserve.lua"
   before=$("${RCLI[@]}" HGET "${KEYS_A[0]}" reserved)
   "${RCLI[@]}" CONFIG RESETSTAT >/dev/null
@@ -195,7 +196,7 @@ if run_a; then
   $(pin "${PIN_WRK:-}") redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" \
     -n "$BENCH_REQUESTS" -c "$BENCH_CLIENTS" -P "$BENCH_PIPELINE" -r 100000000000 --csv \
     EVALSHA "$SHA" 6 "${KEYS_A[@]}" \
-    0__rand_int__-7000-8000-__rand_int__ "$SALE_A" u-__rand_int__ 1 "" \
+    0__rand_int__-7000-8000-__rand_int__ "$SALE_A" u-__rand_int__ 1 "" 0 0 \
     >"$TMP/redis-benchmark.csv" 2>"$TMP/redis-benchmark.log"
   c1=$(redis_cpu) t1=$(now)
   after=$("${RCLI[@]}" HGET "${KEYS_A[0]}" reserved)

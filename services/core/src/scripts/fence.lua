@@ -45,7 +45,8 @@ if not behind and not force then
 end
 
 local now = redis.call('TIME')
-local token = now[1] .. '.' .. now[2]
+-- Seconds.microseconds (TIME does not zero-pad the microseconds).
+local token = string.format('%d.%06d', now[1], now[2])
 local reason
 if force then
   reason = who .. ': suspended for a rebuild from PostgreSQL'

@@ -64,7 +64,8 @@ local epoch = tonumber(sale[4]) or (sale[1] and 1 or 0)
 local seq = tonumber(sale[5]) or 0
 if epoch < floor_epoch or (epoch == floor_epoch and seq < floor_seq) then
   local now = redis.call('TIME')
-  redis.call('HSET', meta, 'suspended', now[1] .. '.' .. now[2],
+  -- The token is the time as seconds.microseconds (TIME does not zero-pad them).
+  redis.call('HSET', meta, 'suspended', string.format('%d.%06d', now[1], now[2]),
     'suspended_reason', 'reserve: Redis at ' .. epoch .. '.' .. seq ..
     ' is below the floor ' .. floor_epoch .. '.' .. floor_seq)
   return redis.error_reply('SALE_RECOVERING Redis went back in time; the sale is suspended')

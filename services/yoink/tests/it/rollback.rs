@@ -244,6 +244,18 @@ async fn a_sale_whose_redis_goes_back(how: GoBack) {
         2,
         "rebuilt once"
     );
+    // The rebuild records when the sale was suspended and when it resumed.
+    let suspended_ms = app
+        .db
+        .scalar(
+            "SELECT (extract(epoch FROM opened_at - suspended_at) * 1000)::bigint
+             FROM sale_epochs WHERE sale_id = 'drop' AND epoch = 2",
+        )
+        .await;
+    assert!(
+        (0..10_000).contains(&suspended_ms),
+        "suspended for {suspended_ms} ms"
+    );
 
     let output = app
         .yoink_command(YOINK)
