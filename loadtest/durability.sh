@@ -62,12 +62,14 @@ cleanup() {
   if [[ ${KEEP_TMP:-0} == 1 ]]; then echo "durability: logs kept in $TMP" >&2; else rm -rf "$TMP"; fi
   exit "$rc"
 }
+# Stops every process this script started (their exit codes are not failures).
 stop_all() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   done
   PIDS=()
 }
@@ -87,21 +89,22 @@ else
 fi
 [[ -x $YOINK ]] || die "no yoink binary at $YOINK"
 
-# start_redis NAME ARGS...: a private redis-server in $TMP/NAME; prints its port.
+# start_redis NAME ARGS...: a private redis-server in $TMP/NAME; sets STARTED_PORT.
+# (Not a $(...) function: the server would hold the substitution's pipe open.)
 start_redis() {
   local name=$1 port
   shift
   port=$(free_port)
   mkdir -p "$TMP/$name"
   redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --daemonize no \
-    --dir "$TMP/$name" --logfile "$TMP/$name.log" "$@" &
+    --dir "$TMP/$name" --logfile "$TMP/$name.log" "$@" </dev/null >/dev/null 2>&1 &
   PIDS+=($!)
   for _ in $(seq 50); do
     [[ $(redis-cli -p "$port" PING 2>/dev/null) == PONG ]] && break
     sleep 0.1
   done
   [[ $(redis-cli -p "$port" PING 2>/dev/null) == PONG ]] || die "redis-server $name did not answer"
-  echo "$port"
+  STARTED_PORT=$port
 }
 
 declare -A RPS P50 P99 NON2XX
@@ -117,9 +120,11 @@ for level in $LEVELS; do
       replica) serve_level=replica ;;
       *) die "unknown level $level" ;;
     esac
-    REDIS_PORT=$(start_redis "redis-$run" "${primary_args[@]}")
+    start_redis "redis-$run" "${primary_args[@]}"
+    REDIS_PORT=$STARTED_PORT
     if [[ $level == replica ]]; then
-      replica_port=$(start_redis "replica-$run" --replicaof 127.0.0.1 "$REDIS_PORT")
+      start_redis "replica-$run" --replicaof 127.0.0.1 "$REDIS_PORT"
+      replica_port=$STARTED_PORT
       for _ in $(seq 100); do
         redis-cli -p "$replica_port" INFO replication | grep -q 'master_link_status:up' && break
         sleep 0.1
@@ -136,7 +141,7 @@ for level in $LEVELS; do
     export YOINK_KEY_PREFIX="dur:" YOINK_ADMIN_TOKEN="dur-$$" RUST_LOG=${RUST_LOG:-warn}
     "$YOINK" migrate >"$TMP/migrate-$run.log" 2>&1 || die "yoink migrate failed"
     "$YOINK" serve --listen "127.0.0.1:$API_PORT" --durability "$serve_level" \
-      >"$TMP/serve-$run.log" 2>&1 &
+      </dev/null >"$TMP/serve-$run.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 300); do
       [[ $(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz") == 200 ]] && break

@@ -175,6 +175,14 @@ async fn a_sale_whose_redis_goes_back(how: GoBack) {
         "a forgotten buyer must not pass the limit"
     );
     assert_eq!(count("a", 429), 100);
+    // A reservation Redis forgot is still there for its buyer (PostgreSQL answers).
+    let forgotten_id = before_ids[1_050];
+    let (status, body) = app.get(&format!("/reservations/{forgotten_id}")).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &"confirmed".into()),
+        "{body}"
+    );
     // A retry with the original Idempotency-Key gets the original reservation.
     for (i, answer) in retried.iter().enumerate() {
         assert_eq!(answer.status, 202, "{}", answer.body);
