@@ -25,6 +25,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib.sh
+source "$ROOT/loadtest/lib.sh"
 CONNECTIONS_LIST=${CONNECTIONS_LIST:-"50 1000"}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-3s}
@@ -41,9 +43,6 @@ die() { printf 'durability: %s\n' "$*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-durability.XXXXXX")
 PIDS=()
@@ -77,17 +76,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [[ -n ${YOINK_BIN:-} ]]; then
-  YOINK=$YOINK_BIN
-else
-  if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-    need cargo
-    log "building yoink (cargo build --release -p yoink)"
-    (cd "$ROOT" && cargo build --release -p yoink) >&2
-  fi
-  YOINK="$ROOT/target/release/yoink"
-fi
-[[ -x $YOINK ]] || die "no yoink binary at $YOINK"
+resolve_yoink
 
 # start_redis NAME ARGS...: a private redis-server in $TMP/NAME; sets STARTED_PORT.
 # (Not a $(...) function: the server would hold the substitution's pipe open.)

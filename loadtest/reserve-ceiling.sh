@@ -38,6 +38,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRIPTS="$ROOT/services/core/src/scripts"
+# shellcheck source=lib.sh
+source "$ROOT/loadtest/lib.sh"
 
 PART=${PART:-all}
 DURATION=${DURATION:-20s}
@@ -70,9 +72,6 @@ run_b && { need wrk; need curl; need psql; }
 pin() { if [[ -n ${1:-} ]]; then printf 'taskset -c %s' "$1"; fi; }
 [[ -n ${PIN_REDIS:-}${PIN_YOINK:-}${PIN_WRK:-} ]] && need taskset
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-bench.XXXXXX")
 REDIS_PID=""
@@ -116,21 +115,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- yoink binary
-# Built before anything is measured, so the compiler never competes with a run.
 YOINK=""
-if run_b; then
-  if [[ -n ${YOINK_BIN:-} ]]; then
-    YOINK=$YOINK_BIN
-  else
-    if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-      need cargo
-      log "building yoink (cargo build --release -p yoink)"
-      (cd "$ROOT" && cargo build --release -p yoink) >&2
-    fi
-    YOINK="$ROOT/target/release/yoink"
-  fi
-  [[ -x $YOINK ]] || die "no yoink binary at $YOINK"
-fi
+if run_b; then resolve_yoink; fi
 
 # ---------------------------------------------------------------- private Redis
 # 1-, 5- and 15-minute load averages (after any build), printed in the summary.

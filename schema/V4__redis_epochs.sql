@@ -9,14 +9,18 @@
 
 -- The position each decided reservation was taken at (NULL for reservations taken
 -- before positions existed), and its Idempotency-Key, so a rebuilt Redis still
--- answers a retry with the original reservation.
+-- answers a retry with the original reservation. No index: the high-water mark is
+-- kept on `sales`, and only a rebuild counts positions per epoch.
 ALTER TABLE reservation_fates
     ADD COLUMN epoch bigint CHECK (epoch >= 1),
     ADD COLUMN seq bigint CHECK (seq >= 1),
     ADD COLUMN idempotency_key text;
--- The high-water mark (newest position applied) is one backward step on this index,
--- and the count of distinct positions per epoch tells reservations Redis lost.
-CREATE INDEX reservation_fates_position ON reservation_fates (sale_id, epoch, seq);
+
+-- The high-water mark: the newest position of a reservation decided, raised in the same
+-- statement that counts its units (0, 0 until one is).
+ALTER TABLE sales
+    ADD COLUMN hwm_epoch bigint NOT NULL DEFAULT 0 CHECK (hwm_epoch >= 0),
+    ADD COLUMN hwm_seq bigint NOT NULL DEFAULT 0 CHECK (hwm_seq >= 0);
 
 -- One row per epoch of a sale's Redis state: epoch 1 when the sale is created, one
 -- more each time Redis is rebuilt from PostgreSQL. `issued_seq` is the highest seq API
@@ -33,6 +37,11 @@ CREATE TABLE sale_epochs (
     suspended_at        timestamptz,
     recovered_confirmed bigint      NOT NULL DEFAULT 0,
     recovered_released  bigint      NOT NULL DEFAULT 0,
+    -- Set when a rebuild ends the epoch (nothing of it can be decided after that): the
+    -- distinct seqs PostgreSQL decided in it and the highest. Reservations lost with
+    -- Redis = greatest(issued_seq, max_decided_seq) - decided_seqs.
+    decided_seqs        bigint,
+    max_decided_seq     bigint,
     PRIMARY KEY (sale_id, epoch)
 );
 

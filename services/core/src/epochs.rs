@@ -3,9 +3,9 @@
 //! answered and lost before PostgreSQL saw them.
 //!
 //! Every figure here is a lower bound on where Redis has been: the newest position of
-//! a decided reservation (written in the same transaction as its order or release), the
-//! epoch PostgreSQL allocated for a rebuild, and the highest seq API instances saw Redis
-//! hand out. Nothing here may lower a floor or forget an epoch.
+//! a decided reservation (`sales.hwm_*`, raised in the same transaction as its order or
+//! release), the epoch PostgreSQL allocated for a rebuild, and the highest seq API
+//! instances saw Redis hand out. Nothing here may lower a floor or forget an epoch.
 
 use deadpool_postgres::GenericClient;
 
@@ -21,9 +21,7 @@ const FLOOR_OF_SALE: &str = "
     SELECT epoch, seq FROM (
         SELECT epoch, issued_seq AS seq FROM sale_epochs WHERE sale_id = s.sale_id
         UNION ALL
-        (SELECT epoch, seq FROM reservation_fates
-         WHERE sale_id = s.sale_id AND epoch IS NOT NULL
-         ORDER BY epoch DESC, seq DESC LIMIT 1)
+        SELECT s.hwm_epoch, s.hwm_seq WHERE s.hwm_epoch > 0
     ) p ORDER BY epoch DESC, seq DESC LIMIT 1";
 
 /// The highest position PostgreSQL knows Redis reached for `sale`; `Position::ZERO`
@@ -109,27 +107,40 @@ pub async fn open_first(
     Ok(())
 }
 
-/// Reservations Redis answered in an epoch that has ended (a rebuild followed it) and
-/// that PostgreSQL never decided: they were lost with Redis's memory. Counted as the
-/// seqs handed out (`issued_seq`, or the newest decided) that no decided reservation
-/// holds. The current epoch is left out: its undecided reservations may still be in
-/// the stream, in flight.
+/// Ends every open epoch of `sale` below the one a rebuild is about to open (inside the
+/// rebuild's transaction, after it decided what was left in the stream: nothing of
+/// those epochs can be decided later), recording what PostgreSQL decided in each.
+pub async fn close_open(
+    client: &impl GenericClient,
+    sale: &SaleId,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE sale_epochs e SET
+                 decided_seqs = (SELECT count(DISTINCT f.seq) FROM reservation_fates f
+                                 WHERE f.sale_id = e.sale_id AND f.epoch = e.epoch),
+                 max_decided_seq = (SELECT coalesce(max(f.seq), 0) FROM reservation_fates f
+                                    WHERE f.sale_id = e.sale_id AND f.epoch = e.epoch)
+             WHERE e.sale_id = $1 AND e.decided_seqs IS NULL",
+            &[&sale.as_str()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Reservations Redis answered in an epoch that a rebuild ended and that PostgreSQL
+/// never decided: they were lost with Redis's memory. Counted as the seqs handed out
+/// (`issued_seq`, or the newest decided) that no decided reservation holds; the
+/// current epoch is left out (its undecided reservations may still be in flight).
 pub async fn lost_reservations(
     client: &impl GenericClient,
     sale: &SaleId,
 ) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT coalesce(sum(greatest(top.seq - top.held, 0)), 0)::bigint
-             FROM sale_epochs e
-             CROSS JOIN LATERAL (
-                 SELECT greatest(e.issued_seq, coalesce(max(f.seq), 0)) AS seq,
-                        count(DISTINCT f.seq) AS held
-                 FROM reservation_fates f
-                 WHERE f.sale_id = e.sale_id AND f.epoch = e.epoch
-             ) top
-             WHERE e.sale_id = $1
-               AND e.epoch < (SELECT max(epoch) FROM sale_epochs WHERE sale_id = $1)",
+            "SELECT coalesce(sum(greatest(
+                        greatest(issued_seq, max_decided_seq) - decided_seqs, 0)), 0)::bigint
+             FROM sale_epochs WHERE sale_id = $1 AND decided_seqs IS NOT NULL",
             &[&sale.as_str()],
         )
         .await?;

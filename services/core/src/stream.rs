@@ -68,11 +68,46 @@ pub fn reservations(entries: &[StreamId]) -> Vec<(String, Reserved)> {
         .collect()
 }
 
-/// The `reserved` entries of a sale that no projector has acknowledged: pending in the
-/// group, or after its last-delivered id (the whole stream when the group is missing).
-/// Every reservation PostgreSQL may not have decided is among them, since projectors
-/// acknowledge only after their commit. Not atomic: meant for a sale whose stream
-/// cannot grow meanwhile (suspended), where it is exact.
+/// The entries of a sale stream no projector has acknowledged: those pending in the
+/// group, and every one after the group's last-delivered id.
+#[derive(Debug, Clone, Default)]
+pub struct Unacknowledged {
+    delivered: (u64, u64),
+    pending: HashSet<String>,
+}
+
+impl Unacknowledged {
+    pub fn new(last_delivered_id: &str, pending: HashSet<String>) -> Self {
+        Self {
+            delivered: parse_id(last_delivered_id),
+            pending,
+        }
+    }
+
+    /// The first stream id that can belong to it.
+    pub fn start(&self) -> String {
+        let (ms, seq) = self
+            .pending
+            .iter()
+            .map(|id| parse_id(id))
+            .chain(std::iter::once((
+                self.delivered.0,
+                self.delivered.1.saturating_add(1),
+            )))
+            .min()
+            .unwrap_or((0, 0));
+        format!("{ms}-{seq}")
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        parse_id(id) > self.delivered || self.pending.contains(id)
+    }
+}
+
+/// The `reserved` entries of a sale that no projector has acknowledged (the whole
+/// stream when the group is missing). Every reservation PostgreSQL may not have decided
+/// is among them, since projectors acknowledge only after their commit. Not atomic:
+/// meant for a sale whose stream cannot grow meanwhile (suspended), where it is exact.
 pub async fn unacknowledged(
     redis: &mut RedisConn,
     keys: &Keyspace,
@@ -86,7 +121,6 @@ pub async fn unacknowledged(
     let Some(group) = groups.groups.iter().find(|g| g.name == PROJECTOR_GROUP) else {
         return Ok(reservations(&read_range(redis, &stream, "-", "+").await?));
     };
-    let delivered = parse_id(&group.last_delivered_id);
     let mut pending = HashSet::new();
     let mut from = "-".to_owned();
     while pending.len() < group.pending {
@@ -97,32 +131,34 @@ pub async fn unacknowledged(
         from = format!("({}", last.id);
         pending.extend(page.ids.into_iter().map(|p| p.id));
     }
-    let start = pending
-        .iter()
-        .map(|id| parse_id(id))
-        .chain(std::iter::once((
-            delivered.0,
-            delivered.1.saturating_add(1),
-        )))
-        .min()
-        .map(|(ms, seq)| format!("{ms}-{seq}"))
-        .unwrap_or_else(|| "-".into());
-    let entries: Vec<StreamId> = read_range(redis, &stream, &start, "+")
+    let window = Unacknowledged::new(&group.last_delivered_id, pending);
+    let entries: Vec<StreamId> = read_range(redis, &stream, &window.start(), "+")
         .await?
         .into_iter()
-        .filter(|e| parse_id(&e.id) > delivered || pending.contains(&e.id))
+        .filter(|e| window.contains(&e.id))
         .collect();
     Ok(reservations(&entries))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_id;
+    use super::{Unacknowledged, parse_id};
 
     #[test]
     fn stream_ids_compare_numerically() {
         assert!(parse_id("10-0") > parse_id("9-5"));
         assert!(parse_id("5-10") > parse_id("5-9"));
         assert_eq!(parse_id("0-0"), (0, 0));
+    }
+
+    #[test]
+    fn the_unacknowledged_window_starts_at_the_oldest_pending_entry() {
+        let pending = ["5-1".to_owned(), "3-0".to_owned()].into_iter().collect();
+        let window = Unacknowledged::new("7-2", pending);
+        assert_eq!(window.start(), "3-0");
+        assert!(window.contains("3-0") && window.contains("7-3") && window.contains("8-0"));
+        assert!(!window.contains("4-0") && !window.contains("7-2"));
+        let nothing_pending = Unacknowledged::new("7-2", Default::default());
+        assert_eq!(nothing_pending.start(), "7-3");
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use yoink_core::events::SaleEvent;
 use yoink_core::keys::PROJECTOR_GROUP;
 use yoink_core::scripts::{self, Fence};
-use yoink_core::{Keyspace, RedisConn, SaleId, epochs, telemetry};
+use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs, telemetry};
 
 use crate::ProjectorArgs;
 use crate::dead_letter::dead_letter;
@@ -62,6 +62,10 @@ pub struct SaleProjector {
     pub consumer: String,
     claim_cursor: String,
     next_cleanup: Instant,
+    /// The highest position this projector knows the sale's Redis reached: PostgreSQL's
+    /// floor (read on every fence tick) and every entry it read. A Redis below it went
+    /// back in time.
+    floor: Position,
 }
 
 impl SaleProjector {
@@ -85,6 +89,7 @@ impl SaleProjector {
             consumer,
             claim_cursor: "0-0".into(),
             next_cleanup: Instant::now(),
+            floor: Position::ZERO,
         }
     }
 
@@ -133,7 +138,7 @@ impl SaleProjector {
                 },
                 _ = fence.tick(), if !stopping => {
                     // Logged once per change: a store outage would repeat it every tick.
-                    match self.ensure_live().await {
+                    match self.ensure_live(true).await {
                         Ok(()) if fence_failing => {
                             fence_failing = false;
                             tracing::info!(sale_id = %self.sale, "Sale live again.");
@@ -157,10 +162,18 @@ impl SaleProjector {
     async fn handle(&mut self, entries: Vec<Entry>, shutdown: &mut watch::Receiver<bool>) {
         let started = Instant::now();
         metrics::pool(&self.pool);
+        let read_at = entries
+            .iter()
+            .filter_map(|e| match &e.event {
+                Ok(SaleEvent::Reserved(r)) => r.position,
+                _ => None,
+            })
+            .max();
+        self.floor = self.floor.max(read_at.unwrap_or(Position::ZERO));
         let mut backoff = Backoff::new();
         let mut give_up_at = None;
         let outcome = loop {
-            let attempt = match self.ensure_live().await {
+            let attempt = match self.ensure_live(false).await {
                 Ok(()) => self.project(&entries).await,
                 Err(err) => Err(err),
             };
@@ -204,17 +217,22 @@ impl SaleProjector {
         ::metrics::histogram!(metrics::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
-    /// Compares Redis with PostgreSQL's floor for the sale and suspends the sale when
-    /// Redis is behind; rebuilds a suspended sale (one process at a time). Err
-    /// (transient) while the sale stays suspended, so batches wait for the rebuild.
-    async fn ensure_live(&self) -> Result<(), ProjectError> {
-        let floor = epochs::floor(&self.pool.get().await?, &self.sale).await?;
+    /// Compares Redis with this projector's floor for the sale (first raised from
+    /// PostgreSQL's with `refresh`; before each batch the floor in memory is enough, and
+    /// costs no query) and suspends the sale when Redis is behind; rebuilds a suspended
+    /// sale (one process at a time). Err (transient) while the sale stays suspended, so
+    /// batches wait for the rebuild.
+    async fn ensure_live(&mut self, refresh: bool) -> Result<(), ProjectError> {
+        if refresh {
+            let floor = epochs::floor(&self.pool.get().await?, &self.sale).await?;
+            self.floor = self.floor.max(floor);
+        }
         let mut redis = self.redis.clone();
         let fence = scripts::fence(
             &mut redis,
             &self.keys,
             &self.sale,
-            floor,
+            self.floor,
             "projector",
             false,
         )

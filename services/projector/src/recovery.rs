@@ -36,6 +36,10 @@ use crate::writer;
 /// Fields written per HSET while staging.
 const STAGE_CHUNK: usize = 1_000;
 
+/// The per-sale advisory lock that lets one process at a time rebuild a sale.
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended('yoink-recover:' || $1, 0))";
+const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended('yoink-recover:' || $1, 0))";
+
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -68,23 +72,12 @@ pub async fn recover(
     who: &str,
 ) -> Result<Outcome, ProjectError> {
     let lock = pool.get().await?;
-    let locked: bool = lock
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended('yoink-recover:' || $1, 0))",
-            &[&sale.as_str()],
-        )
-        .await?
-        .get(0);
+    let locked: bool = lock.query_one(TRY_LOCK, &[&sale.as_str()]).await?.get(0);
     if !locked {
         return Ok(Outcome::Busy);
     }
     let outcome = rebuild(redis, keys, pool, sale, who).await;
-    let unlocked = lock
-        .execute(
-            "SELECT pg_advisory_unlock(hashtextextended('yoink-recover:' || $1, 0))",
-            &[&sale.as_str()],
-        )
-        .await;
+    let unlocked = lock.execute(UNLOCK, &[&sale.as_str()]).await;
     if unlocked.is_err() {
         // Never hand a connection that may still hold the lock back to the pool:
         // closed, it releases the lock.
@@ -204,19 +197,7 @@ async fn decide_and_open_epoch(
         )));
     };
     let (initial, limit, confirmed_units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let ids: Vec<uuid::Uuid> = in_stream
-        .iter()
-        .map(|(_, r)| r.reservation_id.as_uuid())
-        .collect();
-    let decided: std::collections::HashSet<uuid::Uuid> = tx
-        .query(
-            "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)",
-            &[&ids],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let decided = writer::decided(&tx, in_stream.iter().map(|(_, r)| r)).await?;
     let mut seen = std::collections::HashSet::new();
     let undecided: Vec<&(String, Reserved)> = in_stream
         .iter()
@@ -257,6 +238,7 @@ async fn decide_and_open_epoch(
     for (stream_id, r, why) in &to_release {
         released += u64::from(writer::release_in(&tx, stream_id, r, why).await?);
     }
+    epochs::close_open(&tx, sale).await?;
     let suspended_at: f64 = token.parse().unwrap_or(0.0);
     let epoch: i64 = tx
         .query_one(

@@ -5,10 +5,13 @@
 //! PostgreSQL decides: a fate row per reservation (primary key), orders only for
 //! 'confirmed' fates (composite foreign key), counters on `sales` under the no-oversell
 //! CHECK, and an outbox row per decision, all committed together or not at all. Each
-//! fate keeps the reservation's position and Idempotency-Key, so the newest position is
-//! PostgreSQL's high-water mark, written in the same transaction as the orders.
+//! fate keeps the reservation's position and Idempotency-Key, and the sale's high-water
+//! mark (`sales.hwm_*`, the newest position decided) is raised in the same statement
+//! that counts the units.
 
-use deadpool_postgres::{Pool, Transaction};
+use std::collections::HashSet;
+
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use uuid::Uuid;
 use yoink_core::events::Reserved;
 
@@ -80,9 +83,17 @@ pub async fn confirm_in(
                  SELECT i.order_id, d.reservation_id, d.sale_id, d.user_id, d.quantity, d.reserved_at
                  FROM decided d JOIN input i USING (reservation_id)
                  RETURNING order_id, reservation_id, sale_id, user_id, quantity, reserved_at
+             ), newest AS (
+                 SELECT DISTINCT ON (sale_id) sale_id, epoch, seq FROM input
+                 WHERE epoch IS NOT NULL ORDER BY sale_id, epoch DESC, seq DESC
              ), counted AS (
-                 UPDATE sales s SET confirmed_units = s.confirmed_units + c.units
+                 UPDATE sales s SET confirmed_units = s.confirmed_units + c.units,
+                        (hwm_epoch, hwm_seq) = (
+                            SELECT p.epoch, p.seq
+                            FROM (VALUES (s.hwm_epoch, s.hwm_seq), (n.epoch, n.seq)) p(epoch, seq)
+                            WHERE p.epoch IS NOT NULL ORDER BY 1 DESC, 2 DESC LIMIT 1)
                  FROM (SELECT sale_id, sum(quantity) AS units FROM ordered GROUP BY sale_id) c
+                      LEFT JOIN newest n USING (sale_id)
                  WHERE s.sale_id = c.sale_id
                  RETURNING s.sale_id
              ), published AS (
@@ -117,6 +128,23 @@ pub async fn confirm_in(
         .await?;
     let new_orders: i64 = row.get(0);
     Ok(new_orders as u64)
+}
+
+/// Which of `reservations` PostgreSQL has decided (confirmed or released).
+pub async fn decided<'a>(
+    client: &impl GenericClient,
+    reservations: impl Iterator<Item = &'a Reserved>,
+) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = reservations.map(|r| r.reservation_id.as_uuid()).collect();
+    Ok(client
+        .query(
+            "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// A reservation's fate as decided by PostgreSQL.
@@ -188,8 +216,18 @@ pub async fn release_in(
         .is_some();
     if inserted {
         tx.execute(
-            "UPDATE sales SET released_units = released_units + $2 WHERE sale_id = $1",
-            &[&r.sale_id.as_str(), &r.quantity],
+            "UPDATE sales SET released_units = released_units + $2,
+                 (hwm_epoch, hwm_seq) = (
+                     SELECT p.epoch, p.seq
+                     FROM (VALUES (hwm_epoch, hwm_seq), ($3::bigint, $4::bigint)) p(epoch, seq)
+                     WHERE p.epoch IS NOT NULL ORDER BY 1 DESC, 2 DESC LIMIT 1)
+             WHERE sale_id = $1",
+            &[
+                &r.sale_id.as_str(),
+                &r.quantity,
+                &r.position.map(|p| p.epoch),
+                &r.position.map(|p| p.seq),
+            ],
         )
         .await?;
         tx.execute(

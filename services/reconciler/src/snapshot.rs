@@ -8,9 +8,9 @@ use std::sync::LazyLock;
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 use redis::Script;
-use yoink_core::events::{Reserved, SaleEvent};
+use yoink_core::events::Reserved;
 use yoink_core::keys::PROJECTOR_GROUP;
-use yoink_core::stream::{self, parse_id, read_range};
+use yoink_core::stream::{self, Unacknowledged, parse_id, read_range};
 use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs};
 
 use crate::error::ReconcileError;
@@ -79,28 +79,16 @@ pub async fn redis_snapshot(
 
     // The in-flight window: pending entries, and everything after the group's
     // last-delivered id, up to the last entry at the snapshot's instant.
-    let delivered = parse_id(&last_delivered);
-    let start = pending_ids
-        .iter()
-        .map(|id| parse_id(id))
-        .chain(std::iter::once((
-            delivered.0,
-            delivered.1.saturating_add(1),
-        )))
-        .min()
-        .map(|(ms, seq)| format!("{ms}-{seq}"))
-        .unwrap_or_else(|| "-".into());
+    let window = Unacknowledged::new(&last_delivered, pending_ids);
+    let start = window.start();
     let mut in_flight = Vec::new();
     if last_entry_id != "0-0" && parse_id(&start) <= parse_id(&last_entry_id) {
-        for entry in read_range(redis, &keys.events(sale), &start, &last_entry_id).await? {
-            let undelivered = parse_id(&entry.id) > delivered;
-            if !(undelivered || pending_ids.contains(&entry.id)) {
-                continue;
-            }
-            if let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&stream::fields(&entry)) {
-                in_flight.push((entry.id.clone(), r));
-            }
-        }
+        let entries: Vec<_> = read_range(redis, &keys.events(sale), &start, &last_entry_id)
+            .await?
+            .into_iter()
+            .filter(|e| window.contains(&e.id))
+            .collect();
+        in_flight = stream::reservations(&entries);
     }
     Ok(RedisSnapshot {
         side,
@@ -138,20 +126,9 @@ pub async fn postgres_side(
         .await?
         .get(0);
     if !snapshot.in_flight.is_empty() {
-        let ids: Vec<uuid::Uuid> = snapshot
-            .in_flight
-            .iter()
-            .map(|(_, r)| r.reservation_id.as_uuid())
-            .collect();
-        let decided: HashSet<uuid::Uuid> = client
-            .query(
-                "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)",
-                &[&ids],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let decided =
+            yoink_projector::writer::decided(&client, snapshot.in_flight.iter().map(|(_, r)| r))
+                .await?;
         snapshot
             .in_flight
             .retain(|(_, r)| !decided.contains(&r.reservation_id.as_uuid()));

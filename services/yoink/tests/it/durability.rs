@@ -137,10 +137,10 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
     assert!(child.wait().expect("wait").success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replica_durability_keeps_every_202_when_the_primary_dies_and_its_replica_takes_over() {
+/// A primary, its replica, and the API on the primary with `--durability replica`.
+async fn with_a_replica() -> (PrivatePostgres, PrivateRedis, PrivateRedis, TestApp) {
     let pg = PrivatePostgres::start().await;
-    let mut primary = PrivateRedis::start().await;
+    let primary = PrivateRedis::start().await;
     let replica = PrivateRedis::start_replica_of(&primary).await;
     let app = spawn_app_with(AppOptions {
         redis_url: Some(primary.url()),
@@ -149,6 +149,12 @@ async fn replica_durability_keeps_every_202_when_the_primary_dies_and_its_replic
         ..AppOptions::default()
     })
     .await;
+    (pg, primary, replica, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_durability_keeps_every_202_when_the_primary_dies_and_its_replica_takes_over() {
+    let (_pg, mut primary, replica, app) = with_a_replica().await;
     let sale = app.create_sale("durable", 10_000, 0).await;
     let (_, readyz) = app.get("/readyz").await;
     assert_eq!(readyz["durability"]["replicas"], 1, "{readyz}");
@@ -240,16 +246,7 @@ async fn replica_durability_keeps_every_202_when_the_primary_dies_and_its_replic
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_durability_answers_503_not_durable_when_no_replica_acknowledges_and_a_retry_returns_the_reservation()
  {
-    let pg = PrivatePostgres::start().await;
-    let primary = PrivateRedis::start().await;
-    let replica = PrivateRedis::start_replica_of(&primary).await;
-    let app = spawn_app_with(AppOptions {
-        redis_url: Some(primary.url()),
-        postgres_server_url: Some(pg.url()),
-        durability: Some(Level::Replica),
-        ..AppOptions::default()
-    })
-    .await;
+    let (_pg, _primary, replica, app) = with_a_replica().await;
     let sale = app.create_sale("durable", 10, 0).await;
     assert_eq!(
         app.buy_with_key("durable", "u1", 1, Some("k1")).await.0,
