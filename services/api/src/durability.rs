@@ -320,7 +320,12 @@ pub async fn check_at_start(
             }
             Err(err) => return Err(err),
             Ok(()) => {
-                tracing::info!(level = durability.level.as_str(), status = %durability.report(), "Durability checked.");
+                let report = durability.report();
+                if report["redis"].is_string() {
+                    tracing::warn!(level = durability.level.as_str(), redis = %report["redis"], "Cannot read Redis's persistence settings: what a crash of Redis loses is unknown.");
+                } else {
+                    tracing::info!(level = durability.level.as_str(), status = %report, "Durability checked.");
+                }
                 return Ok(());
             }
         }

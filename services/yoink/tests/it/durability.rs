@@ -137,6 +137,37 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
     assert!(child.wait().expect("wait").success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_refuses_config_is_reported_and_local_durability_refuses_it() {
+    let pg = PrivatePostgres::start().await;
+    let redis = PrivateRedis::start_with(&["--rename-command", "CONFIG", ""]).await;
+    let app = spawn_app_with(AppOptions {
+        redis_url: Some(redis.url()),
+        postgres_server_url: Some(pg.url()),
+        ..AppOptions::default()
+    })
+    .await;
+    // `none` serves, and says it cannot tell what a crash loses.
+    let (status, readyz) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{readyz}");
+    let said = readyz["durability"]["redis"].as_str().unwrap_or("");
+    assert!(said.contains("CONFIG GET refused"), "{readyz}");
+    assert_eq!(readyz["durability"]["loss_window"], "unknown", "{readyz}");
+
+    // `local` cannot be verified, so it does not start.
+    let mut args = yoink_api::ApiArgs::local();
+    args.durability = Level::Local;
+    let state = yoink_api::state(&app.stores, &args).await.expect("state");
+    let mut conn = state.redis.clone();
+    let refused = yoink_api::durability::check_at_start(&state.durability, &mut conn)
+        .await
+        .expect_err("local durability on a Redis that hides its settings");
+    assert!(
+        refused.to_string().contains("cannot be verified"),
+        "{refused}"
+    );
+}
+
 /// A primary, its replica, and the API on the primary with `--durability replica`.
 async fn with_a_replica() -> (PrivatePostgres, PrivateRedis, PrivateRedis, TestApp) {
     let pg = PrivatePostgres::start().await;
