@@ -2,7 +2,8 @@
 //! a real replica: what each level promises holds when Redis dies, and a loss the level
 //! allows is reported, never silent. Private Redis and PostgreSQL.
 
-use std::process::{Child, Stdio};
+use std::io::Read;
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -35,19 +36,59 @@ async fn config_set(url: &str, name: &str, value: &str) {
         .expect("CONFIG SET");
 }
 
-/// `yoink serve` as a process on a free port; its base URL.
-fn serve(app: &TestApp, extra: &[&str], check_secs: &str) -> (Child, String) {
-    let port = yoink_testkit::free_port();
-    let child = app
-        .yoink_command(YOINK)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .env("YOINK_DURABILITY_CHECK_SECS", check_secs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn yoink serve");
-    (child, format!("http://127.0.0.1:{port}"))
+/// `yoink serve` as a process on a free port, killed when dropped: a failing test must
+/// not leave it running.
+struct Serving {
+    child: Child,
+    base: String,
+}
+
+impl Serving {
+    /// Starts it; `capture_stderr` for a run expected to exit (a long run would fill
+    /// the pipe).
+    fn start(app: &TestApp, extra: &[&str], capture_stderr: bool) -> Self {
+        let port = yoink_testkit::free_port();
+        let child = app
+            .yoink_command(YOINK)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("YOINK_DURABILITY_CHECK_SECS", "1")
+            .stdout(Stdio::null())
+            .stderr(if capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("spawn yoink serve");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Its exit status and stderr, if it exits within `timeout`.
+    fn exit_within(&mut self, timeout: Duration) -> Option<(ExitStatus, String)> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return Some((status, stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn get(url: &str) -> Option<(u16, Value)> {
@@ -78,10 +119,10 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
     app.create_sale("durable", 100, 0).await;
 
     // Refused at start, naming the setting to change.
-    let (child, _) = serve(&app, &["--durability", "local"], "1");
-    let output = child.wait_with_output().expect("serve exits");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "serve started: {stderr}");
+    let (status, stderr) = Serving::start(&app, &["--durability", "local"], true)
+        .exit_within(Duration::from_secs(30))
+        .expect("serve --durability local exits on everysec");
+    assert!(!status.success(), "serve started: {stderr}");
     assert!(
         stderr.contains("appendfsync") && stderr.contains("always"),
         "{stderr}"
@@ -89,7 +130,8 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
 
     // With `appendfsync always` it serves, and says how durable each 202 is.
     config_set(&redis.url(), "appendfsync", "always").await;
-    let (mut child, base) = serve(&app, &["--durability", "local"], "1");
+    let mut serving = Serving::start(&app, &["--durability", "local"], false);
+    let base = serving.base.clone();
     let ready = eventually(Duration::from_secs(20), || async {
         get(&format!("{base}/readyz"))
             .await
@@ -133,8 +175,11 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
     })
     .await;
     assert!(resumed, "buys never resumed");
-    signal(&child, "-TERM");
-    assert!(child.wait().expect("wait").success());
+    signal(&serving.child, "-TERM");
+    let (status, _) = serving
+        .exit_within(Duration::from_secs(15))
+        .expect("SIGTERM stops serve");
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
