@@ -156,7 +156,7 @@ pub async fn create_sale(
 pub async fn terms_from_db(
     db: &impl GenericClient,
     sale: &SaleId,
-) -> Result<Option<SaleTerms>, SaleError> {
+) -> Result<Option<SaleTerms>, tokio_postgres::Error> {
     let row = db
         .query_opt(
             "SELECT initial_stock, limit_per_user,

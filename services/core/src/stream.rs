@@ -1,6 +1,6 @@
-//! Reading a sale's stream: pages of entries by id range, stream ids in order, and the
-//! `reserved` entries still in flight (pending in the projectors' group, or not
-//! delivered yet). Read-only.
+//! A sale's stream: its consumer group, pages of entries by id range, stream ids in
+//! order, entries as field maps, and the `reserved` entries still in flight (pending in
+//! the projectors' group, or not delivered yet). Only `ensure_group` writes.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +14,18 @@ use crate::redis_store::RedisConn;
 
 /// Entries (or pending ids) read per call.
 const PAGE: usize = 5_000;
+
+/// Creates the projectors' consumer group on a sale's stream (and the stream),
+/// idempotently: `BUSYGROUP` means it exists.
+pub async fn ensure_group(redis: &mut RedisConn, stream: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis
+        .xgroup_create_mkstream(stream, PROJECTOR_GROUP, "0")
+        .await;
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
 
 /// A stream id as a comparable pair.
 pub fn parse_id(id: &str) -> (u64, u64) {

@@ -17,6 +17,7 @@ use redis::streams::{
     StreamInfoGroupsReply, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
 };
 use tokio::sync::{mpsc, watch};
+use yoink_core::backoff::Backoff;
 use yoink_core::events::SaleEvent;
 use yoink_core::keys::PROJECTOR_GROUP;
 use yoink_core::scripts::{self, Fence};
@@ -27,19 +28,8 @@ use crate::dead_letter::dead_letter;
 use crate::entry::Entry;
 use crate::error::ProjectError;
 use crate::metrics;
-use crate::recovery;
-use crate::writer;
-
-/// Creates the consumer group on a sale's stream (and the stream), idempotently.
-pub async fn ensure_group(redis: &mut RedisConn, stream: &str) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis
-        .xgroup_create_mkstream(stream, PROJECTOR_GROUP, "0")
-        .await;
-    match created {
-        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
-    }
-}
+use yoink_core::rebuild;
+use yoink_core::{ledger, stream};
 
 /// What one pass over a batch decided.
 #[derive(Default)]
@@ -100,7 +90,7 @@ impl SaleProjector {
     /// one batch between them), so reading never waits for PostgreSQL nor the reverse.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
-        while let Err(err) = ensure_group(&mut self.redis, &self.stream).await {
+        while let Err(err) = stream::ensure_group(&mut self.redis, &self.stream).await {
             tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group yet.");
             if backoff.wait(&mut shutdown).await {
                 return;
@@ -196,7 +186,7 @@ impl SaleProjector {
                             tracing::warn!(sale_id = %self.sale, "Shutdown while the store is down; entries stay pending for XAUTOCLAIM.");
                             return;
                         }
-                        tokio::time::sleep(backoff.next()).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                     } else {
                         backoff.wait(shutdown).await;
                     }
@@ -245,7 +235,7 @@ impl SaleProjector {
             telemetry::rollback_detected(&self.sale, "projector");
             tracing::error!(sale_id = %self.sale, reason = %reason, "Redis went back behind PostgreSQL: sale suspended.");
         }
-        match recovery::recover(
+        match rebuild::recover(
             &mut redis,
             &self.keys,
             &self.pool,
@@ -254,11 +244,11 @@ impl SaleProjector {
         )
         .await?
         {
-            recovery::Outcome::Recovered(_) | recovery::Outcome::NotSuspended => {
+            rebuild::Outcome::Recovered(_) | rebuild::Outcome::NotSuspended => {
                 metrics::suspended(&self.sale, false);
                 Ok(())
             }
-            recovery::Outcome::Busy => Err(ProjectError::Transient {
+            rebuild::Outcome::Busy => Err(ProjectError::Transient {
                 kind: "recovering",
                 detail: "another process is rebuilding the sale".into(),
             }),
@@ -285,7 +275,7 @@ impl SaleProjector {
             .iter()
             .map(|(e, r)| (e.id.as_str(), *r))
             .collect();
-        match writer::confirm(&self.pool, &batch).await {
+        match ledger::confirm(&self.pool, &batch).await {
             Ok(new) => {
                 metrics::event("confirmed", new);
                 metrics::event("duplicate", batch.len() as u64 - new);
@@ -293,24 +283,24 @@ impl SaleProjector {
                     .ack
                     .extend(to_confirm.iter().map(|(e, _)| e.id.clone()));
             }
-            Err(err @ ProjectError::Transient { .. }) => return Err(err),
-            Err(ProjectError::Permanent(why)) => {
+            Err(refused) if refused.is_refusal() => {
                 // One entry spoils the batch: find it by projecting one at a time.
-                tracing::info!(sale_id = %self.sale, reason = %why, "Batch refused; isolating the entry.");
+                tracing::info!(sale_id = %self.sale, reason = %refused, "Batch refused; isolating the entry.");
                 for (entry, reserved) in &to_confirm {
-                    match writer::confirm(&self.pool, &[(entry.id.as_str(), reserved)]).await {
+                    match ledger::confirm(&self.pool, &[(entry.id.as_str(), reserved)]).await {
                         Ok(new) => {
                             metrics::event("confirmed", new);
                             metrics::event("duplicate", 1 - new);
                             outcome.ack.push(entry.id.clone());
                         }
-                        Err(ProjectError::Permanent(why)) => {
-                            outcome.refused.push(((*entry).clone(), why));
+                        Err(why) if why.is_refusal() => {
+                            outcome.refused.push(((*entry).clone(), why.to_string()));
                         }
-                        Err(err) => return Err(err),
+                        Err(err) => return Err(err.into()),
                     }
                 }
             }
+            Err(err) => return Err(err.into()),
         }
         Ok(outcome)
     }
@@ -479,7 +469,7 @@ impl Reader {
                     // The stream or group vanished (Redis lost its data, or a repair
                     // rebuilt the sale): make the group again and carry on.
                     tracing::warn!(sale_id = %self.sale, "Consumer group missing; creating it again.");
-                    if let Err(err) = ensure_group(&mut self.conn, &self.stream).await {
+                    if let Err(err) = stream::ensure_group(&mut self.conn, &self.stream).await {
                         tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group.");
                     }
                     if backoff.wait(&mut shutdown).await {
@@ -512,37 +502,5 @@ impl Reader {
             .flat_map(|k| k.ids)
             .map(Entry::from_stream)
             .collect())
-    }
-}
-
-/// Exponential backoff, 100 ms to 5 s, that wakes up early on shutdown.
-struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            delay: Duration::from_millis(100),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.delay = Duration::from_millis(100);
-    }
-
-    fn next(&mut self) -> Duration {
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(Duration::from_secs(5));
-        delay
-    }
-
-    /// Sleeps; true when shutdown was asked for meanwhile.
-    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let delay = self.next();
-        tokio::select! {
-            () = tokio::time::sleep(delay) => *shutdown.borrow(),
-            _ = shutdown.changed() => true,
-        }
     }
 }

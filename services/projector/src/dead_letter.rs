@@ -15,7 +15,7 @@ use yoink_core::{Keyspace, RedisConn, SaleId};
 use crate::entry::Entry;
 use crate::error::ProjectError;
 use crate::metrics;
-use crate::writer::{self, Fate};
+use yoink_core::ledger::{self, Fate};
 
 /// Dead-letters `entry` of `sale`'s stream for `reason`.
 pub async fn dead_letter(
@@ -39,7 +39,7 @@ pub async fn dead_letter(
     let _: Option<String> = redis.xadd(keys.dead_letters(sale), "*", &copy).await?;
 
     if let Ok(SaleEvent::Reserved(reserved)) = &entry.event {
-        match writer::release(pool, &entry.id, reserved, reason).await? {
+        match ledger::release(pool, &entry.id, reserved, reason).await? {
             Fate::Released => {
                 let outcome =
                     scripts::release(redis, keys, sale, reserved.reservation_id, reason).await?;

@@ -64,3 +64,25 @@ impl From<redis::RedisError> for ProjectError {
         }
     }
 }
+
+impl From<yoink_core::ledger::LedgerError> for ProjectError {
+    fn from(err: yoink_core::ledger::LedgerError) -> Self {
+        if err.is_refusal() {
+            ProjectError::Permanent(err.to_string())
+        } else {
+            ProjectError::Transient {
+                kind: "postgres",
+                detail: err.to_string(),
+            }
+        }
+    }
+}
+
+impl From<yoink_core::rebuild::RecoveryError> for ProjectError {
+    fn from(err: yoink_core::rebuild::RecoveryError) -> Self {
+        ProjectError::Transient {
+            kind: "recovering",
+            detail: err.to_string(),
+        }
+    }
+}

@@ -11,9 +11,7 @@ pub mod dead_letter;
 pub mod entry;
 pub mod error;
 pub mod metrics;
-pub mod recovery;
 pub mod relay;
-pub mod writer;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -13,15 +13,6 @@ pub const OUTBOX_PUBLISHED: &str = "yoink_outbox_published_total";
 pub const OUTBOX_UNPUBLISHED: &str = "yoink_outbox_unpublished";
 pub const POOL_IN_USE: &str = "yoink_pg_pool_in_use";
 pub const POOL_SIZE: &str = "yoink_pg_pool_size";
-/// Sales rebuilt from PostgreSQL after Redis went back in time.
-pub const RECOVERIES: &str = "yoink_sale_recoveries_total";
-/// Seconds from the start of a rebuild to the sale selling again.
-pub const RECOVERY_SECONDS: &str = "yoink_sale_recovery_seconds";
-/// Reservations a rebuild decided, by fate (`confirmed`, `released`).
-pub const RECOVERED_RESERVATIONS: &str = "yoink_sale_recovered_reservations_total";
-/// Reservations Redis answered and lost before PostgreSQL saw them, as known at the
-/// sale's last rebuild.
-pub const LOST_RESERVATIONS: &str = "yoink_sale_lost_reservations";
 /// 1 while a sale is suspended (Redis went back in time, a rebuild is due).
 pub const SUSPENDED: &str = "yoink_sale_suspended";
 
@@ -43,17 +34,6 @@ pub fn pool(pool: &deadpool_postgres::Pool) {
 
 pub fn counter_dead_letter(sale: &yoink_core::SaleId) {
     metrics::counter!(DEAD_LETTERS, "sale" => sale.to_string()).increment(1);
-}
-
-pub fn recovered(sale: &yoink_core::SaleId, r: &crate::recovery::Recovered) {
-    let sale = sale.to_string();
-    metrics::counter!(RECOVERIES, "sale" => sale.clone()).increment(1);
-    metrics::histogram!(RECOVERY_SECONDS).record(r.took.as_secs_f64());
-    metrics::counter!(RECOVERED_RESERVATIONS, "sale" => sale.clone(), "fate" => "confirmed")
-        .increment(r.confirmed);
-    metrics::counter!(RECOVERED_RESERVATIONS, "sale" => sale.clone(), "fate" => "released")
-        .increment(r.released);
-    metrics::gauge!(LOST_RESERVATIONS, "sale" => sale).set(r.lost_reservations as f64);
 }
 
 pub fn suspended(sale: &yoink_core::SaleId, suspended: bool) {

@@ -4,7 +4,7 @@
 //!    order and not released), through the projector's own idempotent writer.
 //! 2. When Redis is still off (it lost data, went back in time, or units were taken
 //!    without an event), suspend the sale and rebuild Redis from PostgreSQL's ledger
-//!    with the projector's own rebuild (`yoink_projector::recovery`): the reservations
+//!    with the projectors' own rebuild (`yoink_core::rebuild`): the reservations
 //!    in flight are decided first, then stock, counters, buyer counts, reservation
 //!    records and Idempotency-Keys are swapped in with a compare-and-set.
 //!
@@ -16,10 +16,11 @@ use std::fmt;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 use yoink_core::events::{Reserved, SaleEvent};
+use yoink_core::ledger;
+use yoink_core::rebuild::{self, Outcome};
 use yoink_core::scripts;
 use yoink_core::stream::{self, read_range};
 use yoink_core::{Keyspace, Position, RedisConn, SaleId};
-use yoink_projector::recovery::{self, Outcome};
 
 use crate::error::ReconcileError;
 use crate::report::SaleReport;
@@ -167,7 +168,7 @@ pub async fn apply(
                 .map(|(_, r)| r.reservation_id.as_uuid())
                 .collect();
             // Reservations with no fate at all: the projector's own writer.
-            let created = yoink_projector::writer::confirm(pool, &batch)
+            let created = ledger::confirm(pool, &batch)
                 .await
                 .map_err(|e| ReconcileError::Unexpected(e.to_string()))?;
             // Reservations confirmed whose order row went missing: the order again.
@@ -214,7 +215,7 @@ pub async fn apply(
                 true,
             )
             .await?;
-            match recovery::recover(redis, keys, pool, sale, "reconcile --repair")
+            match rebuild::recover(redis, keys, pool, sale, "reconcile --repair")
                 .await
                 .map_err(|e| ReconcileError::Unexpected(format!("sale {sale}: rebuild: {e}")))?
             {

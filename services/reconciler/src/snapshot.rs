@@ -127,8 +127,7 @@ pub async fn postgres_side(
         .get(0);
     if !snapshot.in_flight.is_empty() {
         let decided =
-            yoink_projector::writer::decided(&client, snapshot.in_flight.iter().map(|(_, r)| r))
-                .await?;
+            yoink_core::ledger::decided(&client, snapshot.in_flight.iter().map(|(_, r)| r)).await?;
         snapshot
             .in_flight
             .retain(|(_, r)| !decided.contains(&r.reservation_id.as_uuid()));

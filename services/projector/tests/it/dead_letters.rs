@@ -205,7 +205,7 @@ async fn concurrent_dead_letters_of_one_entry_release_its_units_once() {
     let sale = redis_only_sale(&app, "race", 10).await;
     let id = reserve(&app, &sale, "buyer", 2).await;
     let mut redis = app.redis.clone();
-    yoink_projector::consumer::ensure_group(&mut redis, &app.keys().events(&sale))
+    yoink_core::stream::ensure_group(&mut redis, &app.keys().events(&sale))
         .await
         .expect("group");
     let read: redis::streams::StreamRangeReply = redis

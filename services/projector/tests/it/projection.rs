@@ -130,7 +130,7 @@ async fn consumers_that_stayed_idle_with_nothing_pending_are_removed() {
     let sale = app.create_sale("tidy", 10, 0).await;
     let stream = app.keys().events(&sale);
     let mut redis = app.redis.clone();
-    yoink_projector::consumer::ensure_group(&mut redis, &stream)
+    yoink_core::stream::ensure_group(&mut redis, &stream)
         .await
         .expect("group");
     // A consumer that left long ago: known to the group, nothing pending.

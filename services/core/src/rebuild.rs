@@ -1,4 +1,6 @@
 //! Rebuilding a suspended sale's Redis state from PostgreSQL's ledger, then resuming it.
+//! Projectors run it when they find a sale suspended; `yoink reconcile --repair --yes`
+//! runs it too.
 //!
 //! A sale is suspended when Redis was found below a position someone saw it reach
 //! (`fence.lua`, `reserve.lua`): it went back in time and forgot reservations
@@ -25,13 +27,52 @@ use deadpool_postgres::Pool;
 use futures::TryStreamExt;
 use redis::AsyncCommands;
 use tokio_postgres::IsolationLevel;
-use yoink_core::events::Reserved;
-use yoink_core::scripts::{self, Fence, Rebuild, RebuildError, ReservationRecord, SaleTerms};
-use yoink_core::{Keyspace, RedisConn, SaleId, epochs, sales, stream};
 
-use crate::error::ProjectError;
-use crate::metrics;
-use crate::writer;
+use crate::events::Reserved;
+use crate::ids::SaleId;
+use crate::keys::Keyspace;
+use crate::ledger::{self, LedgerError};
+use crate::position::Position;
+use crate::redis_store::RedisConn;
+use crate::scripts::{self, Fence, Rebuild, ReservationRecord, SaleTerms};
+use crate::{epochs, sales, stream};
+
+/// Sales rebuilt from PostgreSQL after Redis went back in time.
+pub const RECOVERIES: &str = "yoink_sale_recoveries_total";
+/// Seconds from the start of a rebuild to the sale selling again.
+pub const RECOVERY_SECONDS: &str = "yoink_sale_recovery_seconds";
+/// Reservations a rebuild decided, by fate (`confirmed`, `released`).
+pub const RECOVERED_RESERVATIONS: &str = "yoink_sale_recovered_reservations_total";
+/// Reservations Redis answered and lost before PostgreSQL saw them, as known at the
+/// sale's last rebuild.
+pub const LOST_RESERVATIONS: &str = "yoink_sale_lost_reservations";
+
+/// Why a rebuild did not finish (the sale stays suspended; the next attempt starts over).
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// PostgreSQL has no such sale: there is no ledger to rebuild Redis from.
+    #[error("sale {0} is unknown to PostgreSQL: there is no ledger to rebuild Redis from")]
+    UnknownSale(SaleId),
+    /// The sale was suspended again (or Redis restarted) while it was being rebuilt.
+    #[error("the sale was suspended again during its rebuild")]
+    SuspendedAgain,
+}
+
+impl From<tokio_postgres::Error> for RecoveryError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        RecoveryError::Ledger(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RecoveryError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        RecoveryError::Ledger(err.into())
+    }
+}
 
 /// Fields written per HSET while staging.
 const STAGE_CHUNK: usize = 1_000;
@@ -70,7 +111,7 @@ pub async fn recover(
     pool: &Pool,
     sale: &SaleId,
     who: &str,
-) -> Result<Outcome, ProjectError> {
+) -> Result<Outcome, RecoveryError> {
     let lock = pool.get().await?;
     let locked: bool = lock.query_one(TRY_LOCK, &[&sale.as_str()]).await?.get(0);
     if !locked {
@@ -85,7 +126,7 @@ pub async fn recover(
     }
     let outcome = outcome?;
     if let Outcome::Recovered(r) = &outcome {
-        metrics::recovered(sale, r);
+        record(sale, r);
     }
     Ok(outcome)
 }
@@ -96,10 +137,10 @@ async fn rebuild(
     pool: &Pool,
     sale: &SaleId,
     who: &str,
-) -> Result<Outcome, ProjectError> {
+) -> Result<Outcome, RecoveryError> {
     let started = Instant::now();
     let (token, reason, redis_epoch) =
-        match scripts::fence(redis, keys, sale, yoink_core::Position::ZERO, who, false).await? {
+        match scripts::fence(redis, keys, sale, Position::ZERO, who, false).await? {
             Fence::Live(_) => return Ok(Outcome::NotSuspended),
             Fence::Suspended {
                 token,
@@ -125,16 +166,11 @@ async fn rebuild(
     };
     match scripts::rebuild_sale(redis, keys, sale, &rebuild).await {
         Ok(()) => {}
-        Err(RebuildError::Stale) => {
-            return Err(ProjectError::Transient {
-                kind: "recovering",
-                detail: "the sale was suspended again during its rebuild".into(),
-            });
-        }
-        Err(RebuildError::Redis(err)) => return Err(err.into()),
+        Err(scripts::RebuildError::Stale) => return Err(RecoveryError::SuspendedAgain),
+        Err(scripts::RebuildError::Redis(err)) => return Err(err.into()),
     }
     let _: i64 = redis.sadd(keys.sales_registry(), sale.as_str()).await?;
-    crate::consumer::ensure_group(redis, &keys.events(sale)).await?;
+    stream::ensure_group(redis, &keys.events(sale)).await?;
     let lost_reservations = epochs::lost_reservations(&pool.get().await?, sale).await?;
     let recovered = Recovered {
         epoch,
@@ -181,7 +217,7 @@ async fn decide_and_open_epoch(
     token: &str,
     reason: &str,
     redis_epoch: i64,
-) -> Result<(i64, u64, u64), ProjectError> {
+) -> Result<(i64, u64, u64), RecoveryError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(row) = tx
@@ -192,12 +228,10 @@ async fn decide_and_open_epoch(
         )
         .await?
     else {
-        return Err(ProjectError::Permanent(format!(
-            "sale {sale} is unknown to PostgreSQL: there is no ledger to rebuild Redis from"
-        )));
+        return Err(RecoveryError::UnknownSale(sale.clone()));
     };
     let (initial, limit, confirmed_units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    let decided = writer::decided(&tx, in_stream.iter().map(|(_, r)| r)).await?;
+    let decided = ledger::decided(&tx, in_stream.iter().map(|(_, r)| r)).await?;
     let mut seen = std::collections::HashSet::new();
     let undecided: Vec<&(String, Reserved)> = in_stream
         .iter()
@@ -233,10 +267,10 @@ async fn decide_and_open_epoch(
             Some(why) => to_release.push((stream_id.as_str(), r, why)),
         }
     }
-    let confirmed = writer::confirm_in(&tx, &to_confirm).await?;
+    let confirmed = ledger::confirm_in(&tx, &to_confirm).await?;
     let mut released = 0;
     for (stream_id, r, why) in &to_release {
-        released += u64::from(writer::release_in(&tx, stream_id, r, why).await?);
+        released += u64::from(ledger::release_in(&tx, stream_id, r, why).await?);
     }
     epochs::close_open(&tx, sale).await?;
     let suspended_at: f64 = token.parse().unwrap_or(0.0);
@@ -278,7 +312,7 @@ async fn stage(
     keys: &Keyspace,
     pool: &Pool,
     sale: &SaleId,
-) -> Result<Staged, ProjectError> {
+) -> Result<Staged, RecoveryError> {
     let (staged_buyers, staged_idem, staged_records) = (
         keys.staged(&keys.buyers(sale)),
         keys.staged(&keys.idempotency(sale)),
@@ -295,12 +329,8 @@ async fn stage(
         .start()
         .await?;
     let terms = sales::terms_from_db(&tx, sale)
-        .await
-        .map_err(|e| ProjectError::Transient {
-            kind: "postgres",
-            detail: e.to_string(),
-        })?
-        .ok_or_else(|| ProjectError::Permanent(format!("sale {sale} is unknown to PostgreSQL")))?;
+        .await?
+        .ok_or_else(|| RecoveryError::UnknownSale(sale.clone()))?;
 
     let rows = tx
         .query_raw(
@@ -375,7 +405,7 @@ async fn hset(
     redis: &mut RedisConn,
     key: &str,
     fields: &mut Vec<(String, String)>,
-) -> Result<(), ProjectError> {
+) -> Result<(), RecoveryError> {
     if !fields.is_empty() {
         let _: i64 = redis::cmd("HSET")
             .arg(key)
@@ -385,6 +415,18 @@ async fn hset(
         fields.clear();
     }
     Ok(())
+}
+
+/// Counts a rebuild in the process's metrics.
+fn record(sale: &SaleId, r: &Recovered) {
+    let sale = sale.to_string();
+    metrics::counter!(RECOVERIES, "sale" => sale.clone()).increment(1);
+    metrics::histogram!(RECOVERY_SECONDS).record(r.took.as_secs_f64());
+    metrics::counter!(RECOVERED_RESERVATIONS, "sale" => sale.clone(), "fate" => "confirmed")
+        .increment(r.confirmed);
+    metrics::counter!(RECOVERED_RESERVATIONS, "sale" => sale.clone(), "fate" => "released")
+        .increment(r.released);
+    metrics::gauge!(LOST_RESERVATIONS, "sale" => sale).set(r.lost_reservations as f64);
 }
 
 #[cfg(test)]

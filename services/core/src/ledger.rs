@@ -1,6 +1,8 @@
-//! The SQL side of projection: confirm a batch of reservations as orders, or record a
-//! reservation's fate as released. `confirm` and `release` are one transaction each;
-//! the `_in` forms run inside a caller's transaction (a rebuild decides many at once).
+//! PostgreSQL's ledger of reservations, written in one place for every process that
+//! decides a fate (projectors, the rebuild, the reconciler's repair): confirm a batch of
+//! reservations as orders, or record a reservation's fate as released. `confirm` and
+//! `release` are one transaction each; the `_in` forms run inside a caller's
+//! transaction (a rebuild decides many at once).
 //!
 //! PostgreSQL decides: a fate row per reservation (primary key), orders only for
 //! 'confirmed' fates (composite foreign key), counters on `sales` under the no-oversell
@@ -13,14 +15,57 @@ use std::collections::HashSet;
 
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use uuid::Uuid;
-use yoink_core::events::Reserved;
 
-use crate::error::ProjectError;
+use crate::db;
+use crate::events::Reserved;
+
+/// Why the ledger was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// PostgreSQL refused these rows for good (an integrity or data error, SQLSTATE
+    /// class 23 or 22: an unknown sale, the no-oversell CHECK): retrying them cannot
+    /// succeed.
+    #[error("PostgreSQL refused: {}", describe(.0))]
+    Refused(#[source] tokio_postgres::Error),
+    /// PostgreSQL failed in a way that may pass (down, a timeout, a serialization
+    /// failure, or anything not known to be about the rows).
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] tokio_postgres::Error),
+    #[error("PostgreSQL pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+impl LedgerError {
+    /// True when PostgreSQL refused the rows themselves (retrying cannot help).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, LedgerError::Refused(_))
+    }
+}
+
+/// `code: message` of a server error (tokio-postgres prints only "db error").
+fn describe(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| format!("{}: {}", e.code().code(), e.message()))
+        .unwrap_or_else(|| err.to_string())
+}
+
+impl From<tokio_postgres::Error> for LedgerError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        let about_the_rows = err
+            .code()
+            .is_some_and(|c| matches!(&c.code()[..2], "22" | "23"));
+        if about_the_rows && !db::is_transient(&err) {
+            LedgerError::Refused(err)
+        } else {
+            LedgerError::Postgres(err)
+        }
+    }
+}
 
 /// One transaction: insert confirmed fates, orders and outbox rows for the
 /// reservations not decided yet. Returns how many were new (the rest were already
 /// decided: a redelivery, or released earlier).
-pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, ProjectError> {
+pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, LedgerError> {
     if batch.is_empty() {
         return Ok(0);
     }
@@ -35,7 +80,7 @@ pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, Pr
 pub async fn confirm_in(
     tx: &Transaction<'_>,
     batch: &[(&str, &Reserved)],
-) -> Result<u64, ProjectError> {
+) -> Result<u64, LedgerError> {
     if batch.is_empty() {
         return Ok(0);
     }
@@ -163,7 +208,7 @@ pub async fn release(
     stream_id: &str,
     r: &Reserved,
     reason: &str,
-) -> Result<Fate, ProjectError> {
+) -> Result<Fate, LedgerError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     release_in(&tx, stream_id, r, reason).await?;
@@ -189,7 +234,7 @@ pub async fn release_in(
     stream_id: &str,
     r: &Reserved,
     reason: &str,
-) -> Result<bool, ProjectError> {
+) -> Result<bool, LedgerError> {
     let inserted = tx
         .query_opt(
             "INSERT INTO reservation_fates
