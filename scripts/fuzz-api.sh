@@ -24,6 +24,9 @@ sandbox_wait_api
 
 seed_args=()
 if [[ -n ${SEED-1} ]]; then seed_args=(--seed "${SEED:-1}"); fi
+# From the sandbox's directory: schemathesis keeps its cache (.schemathesis/, with this
+# machine's paths) in the working directory, and it must not land in the repository.
+cd "$SANDBOX_TMP"
 st run "$ROOT/services/api/openapi.yaml" --url "http://$YOINK_LISTEN" \
   --checks all --exclude-checks positive_data_acceptance \
   -H "Authorization: Bearer $YOINK_ADMIN_TOKEN" \

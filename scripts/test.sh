@@ -20,6 +20,11 @@ loadtest/smoke.sh
 
 echo "== fuzz: schemathesis against yoink serve, from services/api/openapi.yaml"
 scripts/fuzz-api.sh
+# The fuzzer's cache holds this machine's paths: it stays in the sandbox, never here.
+if [ -e .schemathesis ] || [ -n "$(git ls-files .schemathesis 2>/dev/null)" ]; then
+  echo "test.sh: .schemathesis/ appeared in the repository (run the fuzzer from its sandbox)" >&2
+  exit 1
+fi
 
 echo "== cargo test"
 log=$(mktemp)

@@ -1,7 +1,9 @@
 //! One Redis handle for the whole process: a single server or a Redis Cluster.
 //!
 //! Both are one multiplexed, auto-reconnecting connection that pipelines concurrent
-//! callers (no pool is needed; see DEPENDENCY-NOTES). Blocking reads (`XREADGROUP
+//! callers: a few hundred concurrent tasks on one such connection reach the reserve
+//! script's ceiling, so a pool would add connections and nothing else. Blocking reads
+//! (`XREADGROUP
 //! BLOCK`) must never go through this shared handle: they would stall every caller
 //! behind them. Use `dedicated()` for those.
 

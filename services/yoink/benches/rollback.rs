@@ -8,8 +8,8 @@
 //! Variants: `same-api`, the API that served before the rollback keeps serving (it
 //! remembers the positions it saw); `fresh-api`, an API instance started after Redis
 //! came back (it knows only PostgreSQL's floor). Prints one line per run and the
-//! medians. Target (issue 8): fewer than 100 buys accepted blind, resumed within a few
-//! seconds.
+//! medians. Target: fewer than 100 buys accepted blind (buyers whose 202 PostgreSQL may
+//! then have to take back), and the sale selling again within a few seconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
