@@ -122,6 +122,12 @@ pub async fn create_sale(
         )
         .await?
         .is_some();
+    // Registered now, before anything below can fail or answer "exists": a retry of a
+    // creation whose registration failed registers it, so a sale that takes buys is
+    // always one the projectors find.
+    let _: i64 = redis
+        .sadd(keys.sales_registry(), sale.sale_id.as_str())
+        .await?;
     let terms = if inserted {
         sale.terms.clone()
     } else {
@@ -141,9 +147,6 @@ pub async fn create_sale(
             .ok_or(SaleError::Unknown)?
     };
     let created = scripts::create_sale(redis, keys, &sale.sale_id, &terms).await?;
-    let _: i64 = redis
-        .sadd(keys.sales_registry(), sale.sale_id.as_str())
-        .await?;
     if !created {
         return Err(SaleError::Exists);
     }

@@ -6,6 +6,7 @@ mod durability;
 mod processes;
 mod reconcile;
 mod rollback;
+mod sales;
 
 pub const YOINK: &str = env!("CARGO_BIN_EXE_yoink");
 
