@@ -1,7 +1,24 @@
-//! Why a reconcile run could not finish: every variant means "a store could not be
-//! read", which the binary reports in one line with exit code 2.
+//! Why a reconcile run could not finish, and the exit code each reason gets (the exit
+//! code is `yoink reconcile`'s interface: scripts and supervisors branch on it).
+//!
+//! Every variant keeps its source; the binary prints the chain in one line.
 
 use yoink_core::db::DbError;
+use yoink_core::ledger::LedgerError;
+use yoink_core::rebuild::RecoveryError;
+use yoink_core::{IdError, SaleId};
+
+/// Exit codes: 0 consistent, 1 flagged (diverged, oversold, recovering, data lost),
+/// these below for a run that could not finish, and 64 for a command-line error
+/// (`EX_USAGE`, set by the binary for every subcommand).
+pub mod exit {
+    /// A store could not be read (or, during a repair, written).
+    pub const STORE: i32 = 2;
+    /// The sale named with `--sale` is known to neither store.
+    pub const UNKNOWN_SALE: i32 = 3;
+    /// The command line itself is wrong (an id that cannot be a sale id, ...).
+    pub const USAGE: i32 = 64;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -9,8 +26,47 @@ pub enum ReconcileError {
     Redis(#[from] redis::RedisError),
     #[error("PostgreSQL unreachable: {0}")]
     Db(#[from] DbError),
-    #[error("{0}")]
-    Unexpected(String),
+    #[error("repairing the ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("sale {sale}: rebuilding Redis from PostgreSQL: {source}")]
+    Rebuild {
+        sale: SaleId,
+        #[source]
+        source: RecoveryError,
+    },
+    #[error("sale {0}: another process is rebuilding it; run the repair again")]
+    RebuildBusy(SaleId),
+    #[error("--sale {raw:?}: {source}")]
+    BadSaleId {
+        raw: String,
+        #[source]
+        source: IdError,
+    },
+    #[error("no sale {0} in Redis or PostgreSQL")]
+    UnknownSale(SaleId),
+    #[error("Redis answered the snapshot script with {0}")]
+    BadSnapshot(&'static str),
+    #[error("writing the report: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("encoding the report: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("binding the metrics listener on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReconcileError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReconcileError::BadSaleId { .. } => exit::USAGE,
+            ReconcileError::UnknownSale(_) => exit::UNKNOWN_SALE,
+            _ => exit::STORE,
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for ReconcileError {
@@ -22,5 +78,27 @@ impl From<tokio_postgres::Error> for ReconcileError {
 impl From<deadpool_postgres::PoolError> for ReconcileError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         ReconcileError::Db(DbError::Pool(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_and_an_outage_exit_differently() {
+        let typo = ReconcileError::UnknownSale(SaleId::parse("typo").expect("id"));
+        let garbage = ReconcileError::BadSaleId {
+            raw: "a b".into(),
+            source: IdError::BadCharacter,
+        };
+        let outage = ReconcileError::Redis(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        assert_eq!(typo.exit_code(), exit::UNKNOWN_SALE);
+        assert_eq!(garbage.exit_code(), exit::USAGE);
+        assert_eq!(outage.exit_code(), exit::STORE);
+        assert_ne!(exit::UNKNOWN_SALE, exit::STORE);
     }
 }

@@ -1,23 +1,29 @@
 //! The reconciler: compares each sale's Redis state with PostgreSQL's ledger and flags
 //! oversell (always) and divergence (lost or phantom units that hold still for the
-//! grace period). Read-only unless `--repair --yes`; safe to run during a live sale.
+//! grace period). Read-only unless `--repair --yes` (and except that a sale found with
+//! Redis behind PostgreSQL is suspended); safe to run during a live sale.
+//!
+//! This file holds the settings and the two ways to run: once (`run_once`) and
+//! `--watch`. Reading the stores is `stores`/`snapshot`, the arithmetic and its
+//! rendering `report`, the fixes `repair`.
 
 pub mod error;
 pub mod repair;
 pub mod report;
 pub mod snapshot;
+mod stores;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::Pool;
-use yoink_core::scripts::{self, Fence};
-use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, telemetry};
+use yoink_core::{SaleId, StoreArgs, telemetry};
 
 use crate::error::ReconcileError;
+pub use crate::report::render;
 use crate::report::{Divergence, SaleReport, Status};
+use crate::stores::Stores;
 
 /// `yoink reconcile` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,71 +85,6 @@ pub const LOST_RESERVATIONS: &str = "yoink_reconcile_lost_reservations";
 /// 1 while a sale's Redis is behind PostgreSQL (suspended) past the grace period.
 pub const RECOVERING: &str = "yoink_reconcile_recovering";
 
-struct Stores {
-    redis: RedisConn,
-    pool: Pool,
-    keys: Keyspace,
-}
-
-impl Stores {
-    /// Opens both stores and proves each answers, so an outage is one clear message.
-    async fn open(args: &StoreArgs) -> Result<Self, ReconcileError> {
-        let mut redis = RedisConn::open(args).await?;
-        let _: String = redis::cmd("PING").query_async(&mut redis).await?;
-        let pool = db::pool(&args.database_url, 4)?;
-        pool.get()
-            .await
-            .map_err(|e| ReconcileError::Db(db::DbError::Pool(e)))?
-            .simple_query("SELECT 1")
-            .await?;
-        Ok(Self {
-            redis,
-            pool,
-            keys: Keyspace::new(args.key_prefix.clone()),
-        })
-    }
-
-    async fn sales(&mut self, args: &ReconcileArgs) -> Result<Vec<SaleId>, ReconcileError> {
-        match &args.sale {
-            Some(raw) => Ok(vec![SaleId::parse(raw).map_err(|e| {
-                ReconcileError::Unexpected(format!("--sale {raw:?}: {e}"))
-            })?]),
-            None => snapshot::all_sales(&mut self.redis, &self.keys, &self.pool).await,
-        }
-    }
-
-    async fn measure(
-        &mut self,
-        sale: &SaleId,
-    ) -> Result<(SaleReport, snapshot::RedisSnapshot), ReconcileError> {
-        let mut redis_snapshot =
-            snapshot::redis_snapshot(&mut self.redis, &self.keys, sale).await?;
-        let postgres = snapshot::postgres_side(&self.pool, sale, &mut redis_snapshot).await?;
-        if redis_snapshot.side.position < postgres.floor && !redis_snapshot.side.suspended {
-            // Redis went back in time: suspend the sale before it sells a unit
-            // PostgreSQL already sold (a projector then rebuilds it).
-            if let Fence::Suspended { now, reason, .. } = scripts::fence(
-                &mut self.redis,
-                &self.keys,
-                sale,
-                postgres.floor,
-                "reconciler",
-                false,
-            )
-            .await?
-            {
-                redis_snapshot.side.suspended = true;
-                if now {
-                    telemetry::rollback_detected(sale, "reconciler");
-                    tracing::error!(sale_id = %sale, reason = %reason, "Redis went back behind PostgreSQL: sale suspended.");
-                }
-            }
-        }
-        let report = SaleReport::compute(sale, redis_snapshot.side.clone(), postgres);
-        Ok((report, redis_snapshot))
-    }
-}
-
 /// One check of every selected sale (with the grace re-check), optionally repaired.
 pub async fn run_once(
     stores: &StoreArgs,
@@ -168,65 +109,7 @@ pub async fn run_once(
     }
 
     if args.repair {
-        let mut plan = Vec::new();
-        for (report, snap) in &reports {
-            if !report.status.is_repairable() {
-                continue;
-            }
-            if report.divergence.lost_units > 0
-                && let Some(action) =
-                    repair::plan_reproject(&mut s.redis, &s.keys, &s.pool, &report.sale_id, snap)
-                        .await?
-            {
-                plan.push(action);
-            }
-        }
-        write_plan(out, "Repair plan (re-project)", &plan, args.yes)?;
-        if args.yes {
-            for action in &plan {
-                repair::apply(action, &mut s.redis, &s.keys, &s.pool).await?;
-            }
-            // Whatever still diverges after re-projection is Redis being off: rebuild it.
-            let mut rebuild = Vec::new();
-            for (report, _) in reports.iter_mut() {
-                if !report.status.is_repairable() {
-                    continue;
-                }
-                let (now, snap) = s.measure(&report.sale_id).await?;
-                if now.status == Status::Unsettled
-                    && let Some(action) =
-                        repair::plan_rebuild(&s.pool, &report.sale_id, &snap, &now).await?
-                {
-                    rebuild.push(action);
-                }
-            }
-            write_plan(out, "Repair plan (rebuild Redis)", &rebuild, true)?;
-            for action in &rebuild {
-                repair::apply(action, &mut s.redis, &s.keys, &s.pool).await?;
-            }
-            // Report the state the repairs left.
-            for (report, snap) in reports.iter_mut() {
-                let (now, now_snap) = s.measure(&report.sale_id).await?;
-                *report = if now.status == Status::Unsettled {
-                    now.clone().settle(&now)
-                } else {
-                    now
-                };
-                *snap = now_snap;
-            }
-        } else {
-            for (report, snap) in &reports {
-                if !report.status.is_repairable() || report.divergence.lost_units > 0 {
-                    continue;
-                }
-                if let Some(action) =
-                    repair::plan_rebuild(&s.pool, &report.sale_id, snap, report).await?
-                {
-                    writeln!(out, "  (after re-projection, if still off) {action}")
-                        .map_err(io_error)?;
-                }
-            }
-        }
+        repair::run(&mut s, &mut reports, args.yes, out).await?;
     }
 
     let reports: Vec<SaleReport> = reports.into_iter().map(|(r, _)| r).collect();
@@ -236,112 +119,6 @@ pub async fn run_once(
     } else {
         Verdict::Consistent
     })
-}
-
-fn io_error(err: std::io::Error) -> ReconcileError {
-    ReconcileError::Unexpected(format!("writing output: {err}"))
-}
-
-fn write_plan(
-    out: &mut impl std::io::Write,
-    title: &str,
-    plan: &[repair::Action],
-    applying: bool,
-) -> Result<(), ReconcileError> {
-    if plan.is_empty() {
-        return Ok(());
-    }
-    let mode = if applying {
-        "applying"
-    } else {
-        "dry run: add --yes to apply"
-    };
-    writeln!(out, "{title} ({mode}):").map_err(io_error)?;
-    for action in plan {
-        writeln!(out, "  {action}").map_err(io_error)?;
-    }
-    Ok(())
-}
-
-/// A readable table, or one JSON object per line.
-pub fn render(
-    out: &mut impl std::io::Write,
-    reports: &[SaleReport],
-    json: bool,
-) -> Result<(), ReconcileError> {
-    if json {
-        for r in reports {
-            let line =
-                serde_json::to_string(r).map_err(|e| ReconcileError::Unexpected(e.to_string()))?;
-            writeln!(out, "{line}").map_err(io_error)?;
-        }
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<24} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
-        "SALE",
-        "STATUS",
-        "INITIAL",
-        "REMAIN",
-        "CONFIRM",
-        "RELEASE",
-        "INFLIGHT",
-        "LOST",
-        "PHANTOM",
-        "OVERSLD",
-        "PENDING",
-        "DEAD"
-    )
-    .map_err(io_error)?;
-    for r in reports {
-        let status = serde_json::to_value(r.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        writeln!(
-            out,
-            "{:<24} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
-            r.sale_id,
-            status,
-            r.initial_stock,
-            r.redis.remaining,
-            r.postgres.confirmed_units,
-            r.postgres.released_units,
-            r.in_flight_units,
-            r.divergence.lost_units,
-            r.divergence.phantom_units,
-            r.oversold_units,
-            r.redis.pending,
-            r.redis.dead_letters
-        )
-        .map_err(io_error)?;
-        if r.redis.is_behind(&r.postgres) {
-            writeln!(
-                out,
-                "  ! Redis went back behind PostgreSQL (Redis at {}, PostgreSQL saw {}): buys are suspended until it is rebuilt",
-                r.redis.position, r.postgres.floor
-            )
-            .map_err(io_error)?;
-        }
-        if r.postgres.lost_reservations > 0 {
-            writeln!(
-                out,
-                "  ! {} reservation(s) answered 202 were lost with Redis before PostgreSQL saw them",
-                r.postgres.lost_reservations
-            )
-            .map_err(io_error)?;
-        }
-        if r.divergence.redis_self_diff != 0 {
-            writeln!(
-                out,
-                "  ! Redis inconsistent: initial - remaining - reserved + released = {}",
-                r.divergence.redis_self_diff
-            )
-            .map_err(io_error)?;
-        }
-    }
-    Ok(())
 }
 
 /// `--watch`: checks every `every`, exports gauges on `metrics_listen`, forever (until
@@ -354,7 +131,10 @@ pub async fn watch(
 ) -> Result<(), ReconcileError> {
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
-        .map_err(|e| ReconcileError::Unexpected(format!("binding {}: {e}", args.metrics_listen)))?;
+        .map_err(|source| ReconcileError::Bind {
+            addr: args.metrics_listen.to_string(),
+            source,
+        })?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(telemetry::serve_metrics(listener, async move {
         let _ = stop_rx.changed().await;

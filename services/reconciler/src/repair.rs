@@ -23,8 +23,9 @@ use yoink_core::stream::{self, read_range};
 use yoink_core::{Keyspace, Position, RedisConn, SaleId};
 
 use crate::error::ReconcileError;
-use crate::report::SaleReport;
+use crate::report::{SaleReport, Status};
 use crate::snapshot::RedisSnapshot;
+use crate::stores::Stores;
 
 pub const REPAIRS: &str = "yoink_reconcile_repairs_total";
 
@@ -168,9 +169,7 @@ pub async fn apply(
                 .map(|(_, r)| r.reservation_id.as_uuid())
                 .collect();
             // Reservations with no fate at all: the projector's own writer.
-            let created = ledger::confirm(pool, &batch)
-                .await
-                .map_err(|e| ReconcileError::Unexpected(e.to_string()))?;
+            let created = ledger::confirm(pool, &batch).await?;
             // Reservations confirmed whose order row went missing: the order again.
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
@@ -217,20 +216,106 @@ pub async fn apply(
             .await?;
             match rebuild::recover(redis, keys, pool, sale, "reconcile --repair")
                 .await
-                .map_err(|e| ReconcileError::Unexpected(format!("sale {sale}: rebuild: {e}")))?
-            {
+                .map_err(|source| ReconcileError::Rebuild {
+                    sale: sale.clone(),
+                    source,
+                })? {
                 Outcome::Recovered(r) => {
                     metrics::counter!(REPAIRS, "kind" => "rebuild_redis").increment(1);
                     tracing::warn!(sale_id = %sale, epoch = r.epoch, stock = r.stock, "Repair: rebuilt Redis from PostgreSQL.");
                 }
                 Outcome::NotSuspended => {}
-                Outcome::Busy => {
-                    return Err(ReconcileError::Unexpected(format!(
-                        "sale {sale}: another process is rebuilding it; run the repair again"
-                    )));
-                }
+                Outcome::Busy => return Err(ReconcileError::RebuildBusy(sale.clone())),
             }
         }
+    }
+    Ok(())
+}
+
+/// `--repair`: plans the fixes for every repairable sale and, with `yes`, applies them
+/// (re-projection first, then a rebuild of whatever still diverges), then measures
+/// again so `reports` say what the repairs left.
+pub(crate) async fn run(
+    s: &mut Stores,
+    reports: &mut [(SaleReport, RedisSnapshot)],
+    yes: bool,
+    out: &mut impl std::io::Write,
+) -> Result<(), ReconcileError> {
+    let mut plan = Vec::new();
+    for (report, snap) in reports.iter() {
+        if !report.status.is_repairable() {
+            continue;
+        }
+        if report.divergence.lost_units > 0
+            && let Some(action) =
+                plan_reproject(&mut s.redis, &s.keys, &s.pool, &report.sale_id, snap).await?
+        {
+            plan.push(action);
+        }
+    }
+    write_plan(out, "Repair plan (re-project)", &plan, yes)?;
+    if yes {
+        for action in &plan {
+            apply(action, &mut s.redis, &s.keys, &s.pool).await?;
+        }
+        // Whatever still diverges after re-projection is Redis being off: rebuild it.
+        let mut rebuild = Vec::new();
+        for (report, _) in reports.iter_mut() {
+            if !report.status.is_repairable() {
+                continue;
+            }
+            let (now, snap) = s.measure(&report.sale_id).await?;
+            if now.status == Status::Unsettled
+                && let Some(action) = plan_rebuild(&s.pool, &report.sale_id, &snap, &now).await?
+            {
+                rebuild.push(action);
+            }
+        }
+        write_plan(out, "Repair plan (rebuild Redis)", &rebuild, true)?;
+        for action in &rebuild {
+            apply(action, &mut s.redis, &s.keys, &s.pool).await?;
+        }
+        // Report the state the repairs left.
+        for (report, snap) in reports.iter_mut() {
+            let (now, now_snap) = s.measure(&report.sale_id).await?;
+            *report = if now.status == Status::Unsettled {
+                now.clone().settle(&now)
+            } else {
+                now
+            };
+            *snap = now_snap;
+        }
+    } else {
+        for (report, snap) in reports.iter() {
+            if !report.status.is_repairable() || report.divergence.lost_units > 0 {
+                continue;
+            }
+            if let Some(action) = plan_rebuild(&s.pool, &report.sale_id, snap, report).await? {
+                writeln!(out, "  (after re-projection, if still off) {action}")?;
+            }
+        }
+    }
+
+    Ok(())
+}
+
+fn write_plan(
+    out: &mut impl std::io::Write,
+    title: &str,
+    plan: &[Action],
+    applying: bool,
+) -> Result<(), ReconcileError> {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let mode = if applying {
+        "applying"
+    } else {
+        "dry run: add --yes to apply"
+    };
+    writeln!(out, "{title} ({mode}):")?;
+    for action in plan {
+        writeln!(out, "  {action}")?;
     }
     Ok(())
 }

@@ -9,6 +9,8 @@
 use serde::Serialize;
 use yoink_core::{Position, SaleId};
 
+use crate::error::ReconcileError;
+
 /// Redis-side figures of a sale, read atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RedisSide {
@@ -191,6 +193,81 @@ impl RedisSide {
     pub fn is_behind(&self, postgres: &PostgresSide) -> bool {
         self.suspended || self.position < postgres.floor
     }
+}
+
+/// A readable table, or one JSON object per line.
+pub fn render(
+    out: &mut impl std::io::Write,
+    reports: &[SaleReport],
+    json: bool,
+) -> Result<(), ReconcileError> {
+    if json {
+        for r in reports {
+            let line = serde_json::to_string(r)?;
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "SALE",
+        "STATUS",
+        "INITIAL",
+        "REMAIN",
+        "CONFIRM",
+        "RELEASE",
+        "INFLIGHT",
+        "LOST",
+        "PHANTOM",
+        "OVERSLD",
+        "PENDING",
+        "DEAD"
+    )?;
+    for r in reports {
+        let status = serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<24} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+            r.sale_id,
+            status,
+            r.initial_stock,
+            r.redis.remaining,
+            r.postgres.confirmed_units,
+            r.postgres.released_units,
+            r.in_flight_units,
+            r.divergence.lost_units,
+            r.divergence.phantom_units,
+            r.oversold_units,
+            r.redis.pending,
+            r.redis.dead_letters
+        )?;
+        if r.redis.is_behind(&r.postgres) {
+            writeln!(
+                out,
+                "  ! Redis went back behind PostgreSQL (Redis at {}, PostgreSQL saw {}): buys are suspended until it is rebuilt",
+                r.redis.position, r.postgres.floor
+            )?;
+        }
+        if r.postgres.lost_reservations > 0 {
+            writeln!(
+                out,
+                "  ! {} reservation(s) answered 202 were lost with Redis before PostgreSQL saw them",
+                r.postgres.lost_reservations
+            )?;
+        }
+        if r.divergence.redis_self_diff != 0 {
+            writeln!(
+                out,
+                "  ! Redis inconsistent: initial - remaining - reserved + released = {}",
+                r.divergence.redis_self_diff
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

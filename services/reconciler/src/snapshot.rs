@@ -53,9 +53,7 @@ pub async fn redis_snapshot(
             .unwrap_or(0)
     };
     if reply.len() < 15 {
-        return Err(ReconcileError::Unexpected(
-            "reconcile_snapshot.lua returned too few values".into(),
-        ));
+        return Err(ReconcileError::BadSnapshot("too few values"));
     }
     let last_delivered = text(&reply[10]);
     let last_entry_id = text(&reply[11]);

@@ -49,8 +49,8 @@ enum Command {
         #[arg(long, env = "YOINK_RELAY_INTERVAL_MS", default_value_t = 200)]
         interval_ms: u64,
     },
-    /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged or oversold, 2 a
-    /// store could not be read.
+    /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged, oversold, recovering
+    /// or data lost, 2 a store could not be read, 3 no such sale, 64 a wrong command line.
     Reconcile {
         #[command(flatten)]
         args: ReconcileArgs,
@@ -94,7 +94,17 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        // --help and --version are not errors; a wrong command line gets EX_USAGE, its
+        // own exit code, apart from every code a command itself documents.
+        let code = if err.use_stderr() {
+            yoink_reconciler::error::exit::USAGE
+        } else {
+            0
+        };
+        let _ = err.print();
+        std::process::exit(code);
+    });
     match cli.command {
         Command::Migrate => migrate(&cli.stores).await,
         Command::Serve { api, no_migrate } => serve(&cli.stores, api, no_migrate).await,
@@ -199,7 +209,8 @@ async fn relay(stores: &StoreArgs, batch: i64, interval_ms: u64) -> anyhow::Resu
     Ok(())
 }
 
-/// Exit codes are the interface here (0 / 1 / 2), so this ends the process itself.
+/// Exit codes are the interface here (0 consistent, 1 flagged, 2 a store could not be
+/// read, 3 unknown sale; 64 for a wrong command line), so this ends the process itself.
 async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()> {
     let outcome = match args.watch {
         Some(secs) => yoink_reconciler::watch(
@@ -227,7 +238,7 @@ async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()
                 source = cause.source();
             }
             eprintln!("yoink reconcile: {}", line.replace('\n', " "));
-            std::process::exit(2);
+            std::process::exit(err.exit_code());
         }
     }
 }

@@ -278,3 +278,18 @@ async fn watch_exports_the_gauges_on_metrics() {
 async fn reqwest_get(url: &str) -> Result<String, reqwest::Error> {
     reqwest::get(url).await?.text().await
 }
+
+#[tokio::test]
+async fn a_typo_in_the_sale_exits_3_and_a_wrong_command_line_64_not_like_an_outage() {
+    let app = spawn_app().await;
+    app.create_sale("real", 5, 0).await;
+    let (code, _, text) = reconcile(&app, &["--sale", "reel"]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("no sale reel"), "{text}");
+    let (code, _, text) = reconcile(&app, &["--sale", "not a sale id"]);
+    assert_eq!(code, 64, "{text}");
+    let (code, _, text) = reconcile(&app, &["--no-such-flag"]);
+    assert_eq!(code, 64, "{text}");
+    let (code, _, text) = reconcile(&app, &["--sale", "real"]);
+    assert_eq!(code, 0, "{text}");
+}
