@@ -9,8 +9,8 @@
 //!   floors and epochs (`epochs`).
 //! - The rebuild of a suspended sale from the ledger (`rebuild`), which projectors and
 //!   the reconciler's repair both run.
-//! - Process plumbing: store settings (`config`), metrics (`telemetry`), shutdown
-//!   (`shutdown`), retry pacing (`backoff`).
+//! - Process plumbing: store settings (`config`), metrics (`telemetry`), whether the
+//!   stores answer (`readiness`), shutdown (`shutdown`), retry pacing (`backoff`).
 //!
 //! It holds no HTTP, no CLI and no process-wide state of its own (the metrics recorder
 //! aside): services pass it their parsed configuration and their connections.
@@ -24,6 +24,7 @@ pub mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod position;
+pub mod readiness;
 pub mod rebuild;
 pub mod redis_store;
 pub mod sales;

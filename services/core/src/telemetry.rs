@@ -70,8 +70,9 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) on `listener` until `shutdown` resolves.
-/// For the projector and reconciler, which have no HTTP API.
+/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` (the stores' state, from
+/// `readiness`) on `listener` until `shutdown` resolves. For the processes with no HTTP
+/// API.
 pub async fn serve_metrics(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
     let handle = prometheus();
     tokio::pin!(shutdown);
@@ -95,6 +96,15 @@ pub async fn serve_metrics(listener: TcpListener, shutdown: impl std::future::Fu
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (StatusCode::OK, handle.render()),
                         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+                        "/readyz" => {
+                            let (ready, report) = crate::readiness::report();
+                            let status = if ready {
+                                StatusCode::OK
+                            } else {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            };
+                            (status, format!("{report}\n"))
+                        }
                         _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
                     };
                     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -142,6 +142,7 @@ pub async fn watch(
     let grace = Duration::from_secs(args.grace);
     let mut first_seen: HashMap<SaleId, (Divergence, Instant)> = HashMap::new();
     let mut stores_open: Option<Stores> = None;
+    let mut failing = false;
     tokio::pin!(shutdown);
     loop {
         let tick = async {
@@ -172,6 +173,10 @@ pub async fn watch(
         };
         match tick.await {
             Ok(reports) => {
+                if failing {
+                    tracing::info!("Reconcile passes succeed again.");
+                    failing = false;
+                }
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
@@ -181,8 +186,12 @@ pub async fn watch(
                 render(&mut stdout, &reports, args.json)?;
             }
             Err(err) => {
-                // Keep watching: the staleness of the last-success gauge is the alert.
-                tracing::error!(error = %err, "Reconcile pass failed.");
+                // Keep watching: the staleness of the last-success gauge is the alert, and
+                // an outage is logged once, not once per pass.
+                if !failing {
+                    tracing::warn!(error = %err, "Reconcile pass failed; retrying every pass.");
+                }
+                failing = true;
                 stores_open = None;
             }
         }

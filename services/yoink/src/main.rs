@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use yoink_api::ApiArgs;
+use yoink_core::backoff::Backoff;
 use yoink_core::sales::{self, NewSale};
 use yoink_core::scripts::SaleTerms;
-use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, shutdown};
+use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, readiness, shutdown};
 use yoink_projector::ProjectorArgs;
 use yoink_reconciler::ReconcileArgs;
 
@@ -88,7 +89,7 @@ struct CreateSaleArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -105,21 +106,101 @@ async fn main() -> anyhow::Result<()> {
         let _ = err.print();
         std::process::exit(code);
     });
-    match cli.command {
+    let outcome = match cli.command {
         Command::Migrate => migrate(&cli.stores).await,
         Command::Serve { api, no_migrate } => serve(&cli.stores, api, no_migrate).await,
-        Command::Project { args } => {
-            migrate(&cli.stores).await?;
-            yoink_projector::run(&cli.stores, args, shutdown::signal())
-                .await
-                .context("projector")
-        }
+        Command::Project { args } => project(&cli.stores, args).await,
         Command::Relay { batch, interval_ms } => relay(&cli.stores, batch, interval_ms).await,
         Command::Reconcile { args } => reconcile(&cli.stores, args).await,
         Command::Sale {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
+    };
+    if let Err(err) = outcome {
+        eprintln!("Error: {}", one_line(err.as_ref()));
+        std::process::exit(1);
     }
+}
+
+/// An error and its causes in one line, each cause once: a cause whose text is empty or
+/// already part of the line adds nothing (errors often print their source themselves).
+fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.trim().is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
+/// Applies `schema/` now if PostgreSQL answers, else in the background as soon as it
+/// does: a long-running command starts with the stores that are up (its work waits and
+/// retries on its own). Anything but "unreachable" (a migration that fails) is fatal.
+async fn migrate_when_reachable(stores: &StoreArgs) -> anyhow::Result<()> {
+    let Err(err) = migrate(stores).await else {
+        return Ok(());
+    };
+    if !unreachable(&err) {
+        return Err(err);
+    }
+    tracing::warn!(error = %one_line(err.as_ref()), "PostgreSQL unreachable: starting without it; the schema is applied when it answers.");
+    let stores = stores.clone();
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new();
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            match migrate(&stores).await {
+                Ok(()) => return,
+                Err(err) if unreachable(&err) => {}
+                Err(err) => {
+                    tracing::error!(error = %one_line(err.as_ref()), "Applying schema/ failed.");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// True when `err` says PostgreSQL could not be reached (as opposed to refusing).
+fn unreachable(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<db::DbError>())
+        .is_some_and(db::is_unavailable)
+}
+
+/// The stores' probe (`/readyz` and `yoink_store_up` on the metrics listener), until
+/// `stop` turns true.
+fn probe_stores(
+    redis: RedisConn,
+    stores: &StoreArgs,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let pool = db::pool(&stores.database_url, 1)?;
+    Ok(tokio::spawn(readiness::probe(
+        redis,
+        pool,
+        std::time::Duration::from_secs(1),
+        stop,
+    )))
+}
+
+async fn project(stores: &StoreArgs, args: ProjectorArgs) -> anyhow::Result<()> {
+    migrate_when_reachable(stores).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let redis = RedisConn::open(stores).await.context("opening Redis")?;
+    let probe = probe_stores(redis, stores, stop_rx)?;
+    let outcome = yoink_projector::run(stores, args, shutdown::signal())
+        .await
+        .context("projector");
+    let _ = stop_tx.send(true);
+    let _ = probe.await;
+    outcome
 }
 
 async fn migrate(stores: &StoreArgs) -> anyhow::Result<()> {
@@ -133,12 +214,12 @@ async fn migrate(stores: &StoreArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(stores: &StoreArgs, api: ApiArgs, no_migrate: bool) -> anyhow::Result<()> {
-    if !no_migrate {
-        migrate(stores).await?;
-    }
     let listener = TcpListener::bind(api.listen)
         .await
         .with_context(|| format!("binding {}", api.listen))?;
+    if !no_migrate {
+        migrate_when_reachable(stores).await?;
+    }
     let state = yoink_api::state(stores, &api).await?;
     let mut redis = state.redis.clone();
     yoink_api::durability::check_at_start(&state.durability, &mut redis)
@@ -213,31 +294,29 @@ async fn relay(stores: &StoreArgs, batch: i64, interval_ms: u64) -> anyhow::Resu
 /// read, 3 unknown sale; 64 for a wrong command line), so this ends the process itself.
 async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()> {
     let outcome = match args.watch {
-        Some(secs) => yoink_reconciler::watch(
-            stores,
-            &args,
-            std::time::Duration::from_secs(secs.max(1)),
-            shutdown::signal(),
-        )
-        .await
-        .map(|()| yoink_reconciler::Verdict::Consistent),
+        Some(secs) => {
+            // A watcher starts whatever the stores' state; each pass opens them again.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let redis = RedisConn::open(stores).await.context("opening Redis")?;
+            let probe = probe_stores(redis, stores, stop_rx)?;
+            let watched = yoink_reconciler::watch(
+                stores,
+                &args,
+                std::time::Duration::from_secs(secs.max(1)),
+                shutdown::signal(),
+            )
+            .await
+            .map(|()| yoink_reconciler::Verdict::Consistent);
+            let _ = stop_tx.send(true);
+            let _ = probe.await;
+            watched
+        }
         None => yoink_reconciler::run_once(stores, &args, &mut std::io::stdout()).await,
     };
     match outcome {
         Ok(verdict) => std::process::exit(verdict.exit_code()),
         Err(err) => {
-            // One line: the error and its causes.
-            let mut line = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !line.contains(&text) {
-                    line.push_str(": ");
-                    line.push_str(&text);
-                }
-                source = cause.source();
-            }
-            eprintln!("yoink reconcile: {}", line.replace('\n', " "));
+            eprintln!("yoink reconcile: {}", one_line(&err));
             std::process::exit(err.exit_code());
         }
     }
@@ -270,6 +349,25 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "yoink", &mut missing);
         assert!(missing.is_empty(), "flags without env: {missing:?}");
+    }
+
+    #[test]
+    fn an_error_chain_prints_each_cause_once_and_never_an_empty_one() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("")]
+        struct Silent;
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot reach PostgreSQL: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let repeated = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            super::one_line(&repeated),
+            "cannot reach PostgreSQL: connection refused"
+        );
+        let err = anyhow::Error::new(Silent).context("creating database");
+        let line = super::one_line(err.as_ref());
+        assert_eq!(line, "creating database");
+        assert!(!line.ends_with(": "), "{line}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod processes;
 mod reconcile;
 mod rollback;
 mod sales;
+mod start_order;
 
 pub const YOINK: &str = env!("CARGO_BIN_EXE_yoink");
 

@@ -1,0 +1,231 @@
+//! Long-running commands start in any order: started while PostgreSQL is down they stay
+//! up, say they are not ready, log the outage once, and get to work when it returns.
+//! `migrate` and one-shot commands stay strict. Private PostgreSQL and Redis.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use yoink_core::scripts::{self, SaleTerms};
+use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs};
+use yoink_testkit::{PrivatePostgres, PrivateRedis, eventually, free_port, unique_name};
+
+use crate::{YOINK, signal};
+
+/// A `yoink` process, killed when dropped; its output (logs go to stdout, errors to
+/// stderr) is kept in a file.
+struct Process {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Process {
+    fn start(env: &[(&str, String)], args: &[&str]) -> Self {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        // One open file for both streams, so they share an offset and never overwrite.
+        let out = log.reopen().expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(YOINK);
+        cmd.args(args)
+            .env("RUST_LOG", "warn,yoink_core::readiness=info")
+            .env("YOINK_PROJECTOR_METRICS_LISTEN", "off")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn yoink"),
+            log,
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn output(&self) -> String {
+        let mut text = String::new();
+        let _ = self
+            .log
+            .reopen()
+            .and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
+
+    fn stop(mut self) -> bool {
+        signal(&self.child, "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(url: &str) -> Option<(u16, Value)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    let text = response.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+fn occurrences(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_then_work() {
+    let pg = PrivatePostgres::start().await;
+    pg.stop();
+    let redis = PrivateRedis::start().await;
+    let database_url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        pg.port,
+        unique_name("start_order")
+    );
+    let prefix = format!("{}:", unique_name("t"));
+    let env = vec![
+        ("DATABASE_URL", database_url.clone()),
+        ("REDIS_URL", redis.url()),
+        ("YOINK_KEY_PREFIX", prefix.clone()),
+    ];
+    let (project_port, watch_port, api_port) = (free_port(), free_port(), free_port());
+    let mut project = Process::start(
+        &env,
+        &[
+            "project",
+            "--metrics-listen",
+            &format!("127.0.0.1:{project_port}"),
+        ],
+    );
+    let mut watch = Process::start(
+        &env,
+        &[
+            "reconcile",
+            "--watch",
+            "1",
+            "--metrics-listen",
+            &format!("127.0.0.1:{watch_port}"),
+        ],
+    );
+    let mut serve = Process::start(
+        &env,
+        &["serve", "--listen", &format!("127.0.0.1:{api_port}")],
+    );
+
+    // Up, not ready, and buying works on Redis alone.
+    for (name, url) in [
+        ("project", format!("http://127.0.0.1:{project_port}/readyz")),
+        ("watch", format!("http://127.0.0.1:{watch_port}/readyz")),
+        ("serve", format!("http://127.0.0.1:{api_port}/readyz")),
+    ] {
+        let not_ready = eventually(Duration::from_secs(20), || async {
+            get(&url).await.is_some_and(|(status, body)| {
+                status == 503 && body["postgres"] == "down" && body["redis"] == "ok"
+            })
+        })
+        .await;
+        assert!(not_ready, "{name} never reported PostgreSQL down at {url}");
+    }
+    let sale = SaleId::parse("early").expect("id");
+    let keys = Keyspace::new(prefix.clone());
+    let mut conn = RedisConn::open(&StoreArgs::local(&database_url, redis.url()))
+        .await
+        .expect("Redis");
+    let terms = SaleTerms {
+        initial_stock: 10,
+        limit_per_user: 0,
+        starts_at_ms: 0,
+        ends_at_ms: 0,
+    };
+    scripts::create_sale(&mut conn, &keys, &sale, &terms)
+        .await
+        .expect("a sale in Redis");
+    let bought = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{api_port}/buy"))
+        .json(&serde_json::json!({ "sale_id": "early", "user_id": "u1" }))
+        .send()
+        .await
+        .expect("POST /buy")
+        .status()
+        .as_u16();
+    assert_eq!(bought, 202, "buying needs Redis only");
+    // Three seconds of outage: still running, and the outage logged once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(project.alive(), "project exited: {}", project.output());
+    assert!(watch.alive(), "watch exited: {}", watch.output());
+    assert!(serve.alive(), "serve exited: {}", serve.output());
+    let log = project.output();
+    assert_eq!(
+        occurrences(&log, "Store unreachable; waiting for it."),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("Caused by:\n\n"), "{log}");
+    let log = watch.output();
+    assert!(
+        occurrences(&log, "Reconcile pass failed") <= 1,
+        "one line per outage, not per pass: {log}"
+    );
+
+    // PostgreSQL comes back: the schema is applied and every process gets ready.
+    pg.start_again().await;
+    for (name, url) in [
+        ("project", format!("http://127.0.0.1:{project_port}/readyz")),
+        ("watch", format!("http://127.0.0.1:{watch_port}/readyz")),
+        ("serve", format!("http://127.0.0.1:{api_port}/readyz")),
+    ] {
+        let ready = eventually(Duration::from_secs(30), || async {
+            get(&url).await.is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+        assert!(ready, "{name} never got ready at {url}");
+    }
+    assert!(project.alive() && watch.alive() && serve.alive());
+    assert!(
+        project.output().contains("Store is back."),
+        "{}",
+        project.output()
+    );
+    assert!(project.stop(), "project exits 0 on SIGTERM");
+    assert!(watch.stop(), "watch exits 0 on SIGTERM");
+    assert!(serve.stop(), "serve exits 0 on SIGTERM");
+}
+
+#[tokio::test]
+async fn migrate_stays_strict_and_prints_its_causes_on_one_line() {
+    let port = free_port();
+    let output = Command::new(YOINK)
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/x"),
+        )
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run yoink migrate");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("Error: creating database"), "{stderr}");
+    assert!(lines[0].contains("refused"), "the cause is named: {stderr}");
+    assert_eq!(
+        occurrences(lines[0], "error connecting to server"),
+        1,
+        "each cause once: {stderr}"
+    );
+}
