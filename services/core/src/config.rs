@@ -39,17 +39,39 @@ pub struct StoreArgs {
     pub pg_pool_size: usize,
 }
 
+/// `T` as its clap definition's defaults say, ignoring the environment: test
+/// constructors start from the defaults a user gets, never from a copy of them.
+pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command =
+        T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every flag without a default is optional");
+    T::from_arg_matches(&matches).expect("defaults parse into their own struct")
+}
+
 impl StoreArgs {
-    /// Settings for the local dev servers, as the defaults above (used by tests).
+    /// The defaults, on these stores (used by tests).
     pub fn local(database_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
         Self {
             redis_url: redis_url.into(),
-            redis_cluster: false,
             database_url: database_url.into(),
-            key_prefix: String::new(),
-            redis_timeout_ms: 500,
-            pg_pool_size: 16,
+            ..clap_defaults()
         }
+    }
+
+    /// Cross-field and range checks, with the flag to change.
+    pub fn check(&self) -> Result<(), String> {
+        if self.redis_timeout_ms == 0 {
+            return Err("--redis-timeout-ms must be at least 1".into());
+        }
+        if self.pg_pool_size == 0 {
+            return Err("--pg-pool-size must be at least 1".into());
+        }
+        if self.redis_url.trim().is_empty() || self.database_url.trim().is_empty() {
+            return Err("REDIS_URL and DATABASE_URL must not be empty".into());
+        }
+        Ok(())
     }
 
     pub fn redis_timeout(&self) -> Duration {
@@ -79,7 +101,7 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
 
     #[test]
     fn redacts_credentials_only() {
@@ -88,5 +110,29 @@ mod tests {
             "postgres://***@h:5432/db"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn test_settings_start_from_the_declared_defaults() {
+        let local = StoreArgs::local("postgres://db", "redis://r");
+        assert_eq!(local.redis_timeout_ms, 500);
+        assert_eq!(local.pg_pool_size, 16);
+        assert_eq!(local.key_prefix, "");
+        assert!(!local.redis_cluster);
+        assert_eq!(local.redis_url, "redis://r");
+        assert!(local.check().is_ok());
+    }
+
+    #[test]
+    fn zero_sized_settings_are_refused_with_the_flag_to_change() {
+        let mut args = StoreArgs::local("postgres://db", "redis://r");
+        args.pg_pool_size = 0;
+        assert!(args.check().is_err_and(|e| e.contains("--pg-pool-size")));
+        args.pg_pool_size = 1;
+        args.redis_timeout_ms = 0;
+        assert!(
+            args.check()
+                .is_err_and(|e| e.contains("--redis-timeout-ms"))
+        );
     }
 }

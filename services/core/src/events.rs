@@ -136,12 +136,6 @@ impl SaleEvent {
     }
 }
 
-/// Types of the events the outbox relay publishes to the order-events stream.
-pub mod outbox {
-    pub const ORDER_CONFIRMED: &str = "order.confirmed";
-    pub const RESERVATION_RELEASED: &str = "reservation.released";
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,19 @@ pub struct ReconcileArgs {
     pub metrics_listen: SocketAddr,
 }
 
+impl ReconcileArgs {
+    /// Range checks, with the flag to change.
+    pub fn check(&self) -> Result<(), String> {
+        if self.watch == Some(0) {
+            return Err("--watch must be at least 1 (seconds between passes)".into());
+        }
+        if self.grace > 3_600 {
+            return Err("--grace must be at most 3600 seconds".into());
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of a run, as an exit code: 0 consistent, 1 diverged or oversold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -106,6 +106,15 @@ async fn main() {
         let _ = err.print();
         std::process::exit(code);
     });
+    let checked = cli.stores.check().and_then(|()| match &cli.command {
+        Command::Project { args } => args.check(),
+        Command::Reconcile { args } => args.check(),
+        _ => Ok(()),
+    });
+    if let Err(why) = checked {
+        eprintln!("Error: {why}");
+        std::process::exit(yoink_reconciler::error::exit::USAGE);
+    }
     let outcome = match cli.command {
         Command::Migrate => migrate(&cli.stores).await,
         Command::Serve { api, no_migrate } => serve(&cli.stores, api, no_migrate).await,

@@ -229,3 +229,30 @@ async fn migrate_stays_strict_and_prints_its_causes_on_one_line() {
         "each cause once: {stderr}"
     );
 }
+
+#[test]
+fn a_setting_out_of_range_is_refused_at_start_with_the_flag_to_change() {
+    for (args, env, flag) in [
+        (
+            vec!["project"],
+            ("YOINK_PG_POOL_SIZE", "0"),
+            "--pg-pool-size",
+        ),
+        (
+            vec!["reconcile", "--watch", "0"],
+            ("RUST_LOG", "off"),
+            "--watch",
+        ),
+        (vec!["project"], ("YOINK_BATCH_SIZE", "0"), "--batch-size"),
+    ] {
+        let output = Command::new(YOINK)
+            .args(&args)
+            .env(env.0, env.1)
+            .env("YOINK_PROJECTOR_METRICS_LISTEN", "off")
+            .output()
+            .expect("run yoink");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
