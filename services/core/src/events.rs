@@ -18,7 +18,10 @@ pub mod field {
     pub const SALE_ID: &str = "sale_id";
     pub const USER_ID: &str = "user_id";
     pub const QUANTITY: &str = "quantity";
-    pub const AT_MS: &str = "at_ms";
+    /// When the units were taken (Redis time, epoch ms).
+    pub const RESERVED_AT_MS: &str = "reserved_at_ms";
+    /// The same, as events written before the name was unified call it.
+    pub const OLD_AT_MS: &str = "at_ms";
     pub const REASON: &str = "reason";
     /// The reservation's position (absent on events written before positions existed).
     pub const EPOCH: &str = "epoch";
@@ -40,7 +43,7 @@ pub struct Reserved {
     pub user_id: UserId,
     pub quantity: i64,
     /// Redis server time when the units were taken, in epoch milliseconds.
-    pub at_ms: i64,
+    pub reserved_at_ms: i64,
     /// Where Redis stood when it took the units (`None` on events from before positions).
     pub position: Option<Position>,
     /// The buyer's `Idempotency-Key`, kept so a rebuilt Redis still answers a retry.
@@ -95,6 +98,15 @@ fn reservation_id(fields: &HashMap<String, String>) -> Result<ReservationId, Eve
     })
 }
 
+/// `reserved_at_ms`, or `at_ms` on events written before the name was unified.
+fn reserved_at_ms(fields: &HashMap<String, String>) -> Result<i64, EventError> {
+    if fields.contains_key(field::RESERVED_AT_MS) {
+        positive(fields, field::RESERVED_AT_MS)
+    } else {
+        positive(fields, field::OLD_AT_MS)
+    }
+}
+
 fn position(fields: &HashMap<String, String>) -> Result<Option<Position>, EventError> {
     if !fields.contains_key(field::EPOCH) && !fields.contains_key(field::SEQ) {
         return Ok(None);
@@ -124,7 +136,7 @@ impl SaleEvent {
                     }
                 })?,
                 quantity: positive(fields, field::QUANTITY)?,
-                at_ms: positive(fields, field::AT_MS)?,
+                reserved_at_ms: reserved_at_ms(fields)?,
                 position: position(fields)?,
                 idempotency_key: fields.get(field::IDEMPOTENCY_KEY).cloned(),
             })),
@@ -157,7 +169,7 @@ mod tests {
             ("sale_id", "s1"),
             ("user_id", "u1"),
             ("quantity", "2"),
-            ("at_ms", "1700000000000"),
+            ("reserved_at_ms", "1700000000000"),
             ("epoch", "3"),
             ("seq", "41"),
             ("idempotency_key", "k-1"),
@@ -187,6 +199,7 @@ mod tests {
             panic!("an event without a position is still a reservation");
         };
         assert_eq!((r.position, r.idempotency_key), (None, None));
+        assert_eq!(r.reserved_at_ms, 1, "read from the old `at_ms` field");
         // Half a position is garbage, not an old event.
         old.insert("epoch".into(), "1".into());
         assert_eq!(

@@ -89,7 +89,7 @@ pub async fn confirm_in(
     let mut users = Vec::with_capacity(batch.len());
     let mut quantities = Vec::with_capacity(batch.len());
     let mut stream_ids = Vec::with_capacity(batch.len());
-    let mut at_ms = Vec::with_capacity(batch.len());
+    let mut reserved_at_ms = Vec::with_capacity(batch.len());
     let mut order_ids = Vec::with_capacity(batch.len());
     let mut epochs = Vec::with_capacity(batch.len());
     let mut seqs = Vec::with_capacity(batch.len());
@@ -100,7 +100,7 @@ pub async fn confirm_in(
         users.push(r.user_id.as_str());
         quantities.push(r.quantity);
         stream_ids.push(*stream_id);
-        at_ms.push(r.at_ms);
+        reserved_at_ms.push(r.reserved_at_ms);
         order_ids.push(Uuid::now_v7());
         epochs.push(r.position.map(|p| p.epoch));
         seqs.push(r.position.map(|p| p.seq));
@@ -112,14 +112,14 @@ pub async fn confirm_in(
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[],
                                       $5::text[], $6::bigint[], $7::uuid[], $8::bigint[],
                                       $9::bigint[], $10::text[])
-                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, at_ms, order_id,
+                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, reserved_at_ms, order_id,
                           epoch, seq, idempotency_key)
              ), decided AS (
                  INSERT INTO reservation_fates
                      (reservation_id, sale_id, user_id, quantity, fate, stream_id, reserved_at,
                       epoch, seq, idempotency_key)
                  SELECT reservation_id, sale_id, user_id, quantity, 'confirmed', stream_id,
-                        to_timestamp(at_ms / 1000.0), epoch, seq, idempotency_key
+                        to_timestamp(reserved_at_ms / 1000.0), epoch, seq, idempotency_key
                  FROM input
                  ON CONFLICT (reservation_id) DO NOTHING
                  RETURNING reservation_id, sale_id, user_id, quantity, reserved_at
@@ -163,7 +163,7 @@ pub async fn confirm_in(
                 &users,
                 &quantities,
                 &stream_ids,
-                &at_ms,
+                &reserved_at_ms,
                 &order_ids,
                 &epochs,
                 &seqs,
@@ -251,7 +251,7 @@ pub async fn release_in(
                 &r.quantity,
                 &reason,
                 &stream_id,
-                &r.at_ms,
+                &r.reserved_at_ms,
                 &r.position.map(|p| p.epoch),
                 &r.position.map(|p| p.seq),
                 &r.idempotency_key,

@@ -10,7 +10,7 @@ KEYS[1]  meta                  hash    the sale's definition, counters, position
 KEYS[2]  stock                 string  units on sale
 KEYS[3]  buyers                hash    user_id -> units held
 KEYS[4]  idempotency           hash    Idempotency-Key -> reservation id
-KEYS[5]  reservations          hash    reservation id -> "state|user|qty|stream_id|at_ms"
+KEYS[5]  reservations          hash    reservation id -> "state|user|qty|stream_id|reserved_at_ms"
 KEYS[6]  staged buyers         hash    \
 KEYS[7]  staged idempotency    hash     > built from PostgreSQL, renamed over KEYS[3..5];
 KEYS[8]  staged reservations   hash    /  a missing one (nothing to hold) empties its key

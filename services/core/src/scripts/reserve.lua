@@ -127,12 +127,12 @@ local stream_id
 if idem_key ~= '' then
   stream_id = redis.call('XADD', events, '*',
     'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
-    'quantity', qty, 'at_ms', now_ms, 'epoch', epoch, 'seq', seq, 'idempotency_key', idem_key)
+    'quantity', qty, 'reserved_at_ms', now_ms, 'epoch', epoch, 'seq', seq, 'idempotency_key', idem_key)
   redis.call('HSET', idem, idem_key, rid)
 else
   stream_id = redis.call('XADD', events, '*',
     'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
-    'quantity', qty, 'at_ms', now_ms, 'epoch', epoch, 'seq', seq)
+    'quantity', qty, 'reserved_at_ms', now_ms, 'epoch', epoch, 'seq', seq)
 end
 redis.call('HSET', reservations, rid,
   'reserved|' .. user_id .. '|' .. qty .. '|' .. stream_id .. '|' .. now_ms)
