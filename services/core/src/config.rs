@@ -39,6 +39,16 @@ pub struct StoreArgs {
     pub pg_pool_size: usize,
 }
 
+/// Settings of every long-running process's metrics.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TelemetryArgs {
+    /// Directory where each process writes a Prometheus file_sd target file naming the
+    /// address its metrics listener bound (several processes per host find each other's
+    /// ports there). Unset: none written.
+    #[arg(long, env = "YOINK_METRICS_SD_DIR")]
+    pub metrics_sd_dir: Option<std::path::PathBuf>,
+}
+
 /// `T` as its clap definition's defaults say, ignoring the environment: test
 /// constructors start from the defaults a user gets, never from a copy of them.
 pub fn clap_defaults<T: clap::Args + clap::FromArgMatches>() -> T {

@@ -33,7 +33,7 @@ pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
 
-pub use config::StoreArgs;
+pub use config::{StoreArgs, TelemetryArgs};
 pub use ids::{IdError, ReservationId, SaleId, UserId};
 pub use keys::Keyspace;
 pub use position::Position;

@@ -1,5 +1,6 @@
 //! Prometheus metrics for the whole process: one recorder, installed once, and a small
-//! `/metrics` listener for the processes that have no HTTP API of their own.
+//! `/metrics` listener (bound so that several processes run on one host, and published
+//! for Prometheus' file service discovery).
 //!
 //! Metric names start with `yoink_`; counters end in `_total`, durations in `_seconds`;
 //! labels come from closed sets (route templates, outcomes, sale ids). Nothing here may
@@ -15,6 +16,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -70,6 +73,112 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// Why no metrics listener could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsListenError {
+    #[error("--metrics-listen {0:?} is neither \"off\" nor HOST:PORT")]
+    BadAddress(String),
+    #[error("binding metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens a process's metrics listener: `None` for "off"; else `listen`, or, when another
+/// process on this host already holds that port, the same host on a port the OS picks.
+/// Several processes of one kind thus run side by side with default flags; the address
+/// actually bound is logged (and, with `--metrics-sd-dir`, published for Prometheus).
+pub async fn bind_metrics(
+    listen: &str,
+    role: &str,
+) -> Result<Option<TcpListener>, MetricsListenError> {
+    if listen == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| MetricsListenError::BadAddress(listen.to_owned()))?;
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            let any_port = SocketAddr::new(addr.ip(), 0);
+            TcpListener::bind(any_port)
+                .await
+                .map_err(|source| MetricsListenError::Bind {
+                    addr: any_port,
+                    source,
+                })?
+        }
+        Err(source) => return Err(MetricsListenError::Bind { addr, source }),
+    };
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsListenError::Bind { addr, source })?;
+    if bound == addr {
+        tracing::info!(role, addr = %bound, "Serving metrics.");
+    } else {
+        tracing::warn!(role, addr = %bound, taken = %addr, "Serving metrics on another port: the default one is taken (another process of this host).");
+    }
+    Ok(Some(listener))
+}
+
+/// A Prometheus `file_sd` target file naming this process's metrics address:
+/// `<dir>/yoink-<role>-<pid>.json`, removed when dropped. With several processes per
+/// host on ports the OS picked, Prometheus finds each one through these files.
+#[derive(Debug)]
+pub struct ScrapeTarget {
+    path: PathBuf,
+}
+
+impl ScrapeTarget {
+    /// Writes the file (after removing those of processes that are gone).
+    pub fn publish(dir: &Path, role: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        remove_stale_targets(dir);
+        let path = dir.join(format!("yoink-{role}-{}.json", std::process::id()));
+        let body = serde_json::json!([{
+            "targets": [addr.to_string()],
+            "labels": { "job": format!("yoink-{role}"), "pid": std::process::id().to_string() },
+        }]);
+        // Written aside and renamed, so Prometheus never reads half a file.
+        let partial = path.with_extension("json.tmp");
+        std::fs::write(&partial, format!("{body}\n"))?;
+        std::fs::rename(&partial, &path)?;
+        tracing::info!(file = %path.display(), "Published the metrics address for Prometheus.");
+        Ok(Self { path })
+    }
+}
+
+impl Drop for ScrapeTarget {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes target files whose process no longer runs (killed before it could clean up).
+fn remove_stale_targets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("yoink-"))
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` (the stores' state, from
 /// `readiness`) on `listener` until `shutdown` resolves. For the processes with no HTTP
 /// API.
@@ -118,5 +227,59 @@ pub async fn serve_metrics(listener: TcpListener, shutdown: impl std::future::Fu
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_process_gets_its_own_metrics_port_and_says_which() {
+        let first = bind_metrics("127.0.0.1:0", "test")
+            .await
+            .expect("bind")
+            .expect("a listener");
+        let taken = first.local_addr().expect("addr");
+        let second = bind_metrics(&taken.to_string(), "test")
+            .await
+            .expect("falls back instead of failing")
+            .expect("a listener");
+        let got = second.local_addr().expect("addr");
+        assert_ne!(got.port(), taken.port());
+        assert_eq!(got.ip(), taken.ip());
+        assert!(bind_metrics("off", "test").await.expect("off").is_none());
+        assert!(bind_metrics("nonsense", "test").await.is_err());
+    }
+
+    #[test]
+    fn a_scrape_target_is_published_and_removed_and_stale_ones_are_swept() {
+        let dir = tempfile_dir();
+        let stale = dir.join("yoink-projector-4000000000.json");
+        std::fs::write(&stale, "[]").expect("write");
+        let addr: SocketAddr = "127.0.0.1:9101".parse().expect("addr");
+        let target = ScrapeTarget::publish(&dir, "projector", addr).expect("publish");
+        let mine = dir.join(format!("yoink-projector-{}.json", std::process::id()));
+        let body = std::fs::read_to_string(&mine).expect("published");
+        assert!(
+            body.contains("127.0.0.1:9101") && body.contains("yoink-projector"),
+            "{body}"
+        );
+        assert!(!stale.exists(), "a dead process's file is removed");
+        drop(target);
+        assert!(!mine.exists(), "removed on exit");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "yoink-sd-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
     }
 }
