@@ -1,4 +1,7 @@
-//! `yoink serve` settings (flags or environment, defaults that work on a dev box).
+//! `yoink serve` settings (flags or environment, defaults that work on a dev box), and
+//! `ApiArgs::check`, which refuses values that would start a server that cannot work
+//! (a bound of 0 buys in flight answers 503 to everyone; `WAIT 0` blocks forever).
+//! Defaults are written once, in the clap attributes; nothing here re-types them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,21 +56,91 @@ pub struct ApiArgs {
     pub fence_refresh_ms: u64,
 }
 
+/// A flag whose value is outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--{flag} ({env}) must be {allowed}; got {value}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub allowed: String,
+    pub value: String,
+}
+
 impl ApiArgs {
-    /// Defaults for a listener bound elsewhere (tests).
+    /// Clap's defaults (`core::config::clap_defaults`: the environment is ignored, so
+    /// a `YOINK_*` variable in the shell running the tests cannot change them),
+    /// listening on port 0 (tests bind their own listener).
     pub fn local() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_token: None,
-            max_in_flight: 4096,
-            header_timeout_secs: 10,
-            shutdown_grace_secs: 10,
-            durability: Level::None,
-            durability_replicas: 1,
-            durability_timeout_ms: 100,
-            durability_check_secs: 10,
-            fence_refresh_ms: 1_000,
+            ..yoink_core::config::clap_defaults()
         }
+    }
+
+    /// Refuses values a working server cannot have; the message names the flag, its
+    /// variable and the allowed range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let at_least = |flag, env, min: u64, value: u64| {
+            if value >= min {
+                Ok(())
+            } else {
+                Err(ConfigError {
+                    flag,
+                    env,
+                    allowed: format!("at least {min}"),
+                    value: value.to_string(),
+                })
+            }
+        };
+        // Past this tokio's semaphore panics instead of refusing.
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        if !(1..=most).contains(&self.max_in_flight) {
+            return Err(ConfigError {
+                flag: "max-in-flight",
+                env: "YOINK_MAX_IN_FLIGHT",
+                allowed: format!("at least 1 (and at most {most})"),
+                value: self.max_in_flight.to_string(),
+            });
+        }
+        at_least(
+            "header-timeout-secs",
+            "YOINK_HEADER_TIMEOUT_SECS",
+            1,
+            self.header_timeout_secs,
+        )?;
+        at_least(
+            "shutdown-grace-secs",
+            "YOINK_SHUTDOWN_GRACE_SECS",
+            1,
+            self.shutdown_grace_secs,
+        )?;
+        if self.durability_replicas < 1 {
+            return Err(ConfigError {
+                flag: "durability-replicas",
+                env: "YOINK_DURABILITY_REPLICAS",
+                allowed: "at least 1".into(),
+                value: self.durability_replicas.to_string(),
+            });
+        }
+        at_least(
+            "durability-timeout-ms",
+            "YOINK_DURABILITY_TIMEOUT_MS",
+            1,
+            self.durability_timeout_ms,
+        )?;
+        at_least(
+            "durability-check-secs",
+            "YOINK_DURABILITY_CHECK_SECS",
+            1,
+            self.durability_check_secs,
+        )?;
+        at_least(
+            "fence-refresh-ms",
+            "YOINK_FENCE_REFRESH_MS",
+            10,
+            self.fence_refresh_ms,
+        )?;
+        Ok(())
     }
 
     pub fn fence_refresh(&self) -> Duration {
@@ -80,5 +153,47 @@ impl ApiArgs {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_settings_are_clap_defaults_on_port_zero_and_pass_the_check() {
+        let args = ApiArgs::local();
+        assert_eq!(args.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(args.max_in_flight, 4096);
+        assert_eq!(args.fence_refresh_ms, 1_000);
+        assert_eq!(args.durability, Level::None);
+        assert!(args.admin_token.is_none());
+        assert_eq!(args.check(), Ok(()));
+    }
+
+    #[test]
+    fn every_numeric_flag_out_of_range_is_refused_by_name() {
+        type BreakIt = fn(&mut ApiArgs);
+        let cases: [(&str, BreakIt); 8] = [
+            ("--max-in-flight", |a| a.max_in_flight = 0),
+            ("--max-in-flight", |a| a.max_in_flight = usize::MAX),
+            ("--header-timeout-secs", |a| a.header_timeout_secs = 0),
+            ("--shutdown-grace-secs", |a| a.shutdown_grace_secs = 0),
+            ("--durability-replicas", |a| a.durability_replicas = 0),
+            ("--durability-timeout-ms", |a| a.durability_timeout_ms = 0),
+            ("--durability-check-secs", |a| a.durability_check_secs = 0),
+            ("--fence-refresh-ms", |a| a.fence_refresh_ms = 9),
+        ];
+        for (flag, break_it) in cases {
+            let mut args = ApiArgs::local();
+            break_it(&mut args);
+            let err = args.check().expect_err(flag).to_string();
+            assert!(err.starts_with(flag), "{err}");
+            assert!(err.contains("must be at least"), "{err}");
+        }
+        let mut args = ApiArgs::local();
+        args.fence_refresh_ms = 10;
+        args.max_in_flight = 1;
+        assert_eq!(args.check(), Ok(()), "the bounds themselves are allowed");
     }
 }

@@ -4,6 +4,11 @@
 //! body is `{"error": code, "detail"?: text}`. 5xx bodies never show internals: their
 //! cause is logged here, once. Handlers return `ApiError` and never build error
 //! responses themselves.
+//!
+//! Only faults (500 `internal`) are logged at ERROR, every time. A 503 is a designed
+//! refusal (overload, a store down, a sale recovering): at peak there is one per
+//! rejected buyer, so it is counted in metrics and logged at WARN at most once per
+//! `REFUSAL_LOG_INTERVAL` per code, never one line per request.
 
 use hyper::StatusCode;
 use hyper::header::{HeaderValue, RETRY_AFTER};
@@ -14,6 +19,8 @@ use yoink_core::redis_store;
 use yoink_core::sales::SaleError;
 use yoink_core::scripts::ReserveError;
 
+use crate::body::{BodyError, MAX_BODY};
+use crate::log_limiter::{LogLimiter, REFUSAL_LOG_INTERVAL};
 use crate::response::{Response, json_response};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,14 @@ pub enum ApiError {
     /// 503 unavailable: a store is down
     #[error("{0}")]
     Unavailable(String),
+    /// 503 unavailable, with the `reservation_id`: Redis did not answer the reserve
+    /// call nor its retry in time, so the reservation may stand or not; a retry with
+    /// the same Idempotency-Key (or `GET /reservations/{id}`) resolves it
+    #[error("{cause} (reservation {reservation_id} may stand)")]
+    ReplyLost {
+        reservation_id: ReservationId,
+        cause: String,
+    },
     /// 500 internal
     #[error("{0}")]
     Internal(String),
@@ -89,7 +104,7 @@ impl ApiError {
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
-            Overloaded | SaleRecovering | NotDurable(_) | Unavailable(_) => {
+            Overloaded | SaleRecovering | NotDurable(_) | Unavailable(_) | ReplyLost { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,21 +130,68 @@ impl ApiError {
             Overloaded => "overloaded",
             SaleRecovering => "sale_recovering",
             NotDurable(_) => "not_durable",
-            Unavailable(_) => "unavailable",
+            Unavailable(_) | ReplyLost { .. } => "unavailable",
             Internal(_) => "internal",
+        }
+    }
+
+    /// The reservation a 503 leaves standing (or possibly standing): the client needs
+    /// its id to follow it, so it is not an internal to hide.
+    fn reservation_id(&self) -> Option<ReservationId> {
+        match self {
+            ApiError::NotDurable(id) => *id,
+            ApiError::ReplyLost { reservation_id, .. } => Some(*reservation_id),
+            _ => None,
+        }
+    }
+
+    /// Logs a fault every time and a refusal at most once per interval per code.
+    fn log(&self) {
+        static OVERLOADED: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+        static UNAVAILABLE: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+        static SALE_RECOVERING: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+        static NOT_DURABLE: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
+        let limiter = match self {
+            ApiError::Internal(_) => {
+                tracing::error!(code = self.code(), error = %self, "Request failed.");
+                return;
+            }
+            ApiError::Overloaded => &OVERLOADED,
+            ApiError::Unavailable(_) | ApiError::ReplyLost { .. } => &UNAVAILABLE,
+            ApiError::SaleRecovering => &SALE_RECOVERING,
+            ApiError::NotDurable(_) => &NOT_DURABLE,
+            // The client's own mistake, told in the answer's detail: not a log line.
+            ApiError::InvalidRequest(_)
+            | ApiError::Unauthorized
+            | ApiError::AdminDisabled
+            | ApiError::SaleClosed
+            | ApiError::NotFound
+            | ApiError::UnknownSale
+            | ApiError::UnknownReservation
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::SoldOut
+            | ApiError::SaleExists
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::LimitExceeded => return,
+        };
+        if let Some(skipped) = limiter.admit() {
+            tracing::warn!(
+                code = self.code(),
+                error = %self,
+                more = skipped.count,
+                over_secs = skipped.over.as_secs(),
+                "Refused with 503 (this line stands for `more` others in the last `over_secs` s; yoink_http_requests_total counts them all)."
+            );
         }
     }
 
     pub fn into_response(self) -> Response {
         let status = self.status();
-        let body = if let ApiError::NotDurable(Some(id)) = &self {
-            // Not a fault to hide: the client needs the id to follow its reservation.
+        self.log();
+        let body = if let Some(id) = self.reservation_id() {
             json!({ "error": self.code(), "reservation_id": id })
-        } else if matches!(self, ApiError::SaleRecovering | ApiError::NotDurable(None)) {
-            // Expected refusals while a store recovers: counted, not logged per buyer.
-            json!({ "error": self.code() })
         } else if status.is_server_error() {
-            tracing::error!(code = self.code(), error = %self, "Request failed.");
             json!({ "error": self.code() })
         } else {
             json!({ "error": self.code(), "detail": self.to_string() })
@@ -139,6 +201,7 @@ impl ApiError {
         match &self {
             ApiError::Overloaded
             | ApiError::Unavailable(_)
+            | ApiError::ReplyLost { .. }
             | ApiError::SaleRecovering
             | ApiError::NotDurable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -190,6 +253,17 @@ impl From<ReserveError> for ApiError {
     }
 }
 
+impl From<BodyError> for ApiError {
+    fn from(err: BodyError) -> Self {
+        match err {
+            BodyError::TooLarge => ApiError::PayloadTooLarge(MAX_BODY),
+            BodyError::Unreadable(_) | BodyError::Empty | BodyError::BadJson(_) => {
+                ApiError::InvalidRequest(err.to_string())
+            }
+        }
+    }
+}
+
 impl From<SaleError> for ApiError {
     fn from(err: SaleError) -> Self {
         match err {
@@ -234,6 +308,14 @@ mod tests {
             (ApiError::SaleRecovering, 503, "sale_recovering"),
             (ApiError::NotDurable(None), 503, "not_durable"),
             (ApiError::Unavailable("x".into()), 503, "unavailable"),
+            (
+                ApiError::ReplyLost {
+                    reservation_id: ReservationId::new(),
+                    cause: "x".into(),
+                },
+                503,
+                "unavailable",
+            ),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -264,5 +346,120 @@ mod tests {
         assert_eq!(response.headers()[RETRY_AFTER], "1");
         let body = crate::response::body_text(&response);
         assert!(body.contains(&id.to_string()), "{body}");
+    }
+
+    #[test]
+    fn a_buy_whose_replies_were_lost_names_its_reservation_and_when_to_retry() {
+        let id = ReservationId::new();
+        let response = ApiError::ReplyLost {
+            reservation_id: id,
+            cause: "Redis: reserve call timed out".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let body: serde_json::Value =
+            serde_json::from_str(&crate::response::body_text(&response)).expect("JSON body");
+        assert_eq!(
+            body,
+            json!({"error": "unavailable", "reservation_id": id.to_string()})
+        );
+    }
+
+    #[test]
+    fn body_errors_keep_their_status_and_detail() {
+        let too_large = ApiError::from(BodyError::TooLarge);
+        assert_eq!(too_large.code(), "payload_too_large");
+        assert_eq!(too_large.to_string(), "body larger than 4096 bytes");
+        let empty = ApiError::from(BodyError::Empty);
+        assert_eq!(
+            (empty.code(), empty.to_string().as_str()),
+            ("invalid_request", "body must be a JSON object")
+        );
+    }
+
+    /// Everything `f` logs, as text lines, whatever the level.
+    fn logged_by<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let lines = String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (out, lines)
+    }
+
+    #[test]
+    fn a_thousand_overloaded_answers_log_a_handful_of_lines_and_none_at_error() {
+        let (statuses, lines) = logged_by(|| {
+            (0..1_000)
+                .map(|_| ApiError::Overloaded.into_response().status())
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            statuses
+                .iter()
+                .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE)
+        );
+        // Other tests may share the once-per-interval slot, so the first line may
+        // have gone to them: at most a handful, never one per buyer.
+        assert!(
+            lines.len() <= 2,
+            "{} lines: {:?}",
+            lines.len(),
+            &lines[..3.min(lines.len())]
+        );
+        assert!(lines.iter().all(|l| !l.contains("ERROR")), "{lines:?}");
+    }
+
+    #[test]
+    fn redis_down_is_not_logged_once_per_buyer_either() {
+        let (_, lines) = logged_by(|| {
+            for _ in 0..1_000 {
+                ApiError::Unavailable("Redis: connection refused".into()).into_response();
+            }
+        });
+        assert!(lines.len() <= 2, "{} lines", lines.len());
+        assert!(lines.iter().all(|l| !l.contains("ERROR")), "{lines:?}");
+    }
+
+    #[test]
+    fn a_real_fault_is_logged_at_error_every_time() {
+        let (_, lines) = logged_by(|| {
+            for _ in 0..3 {
+                ApiError::Internal("Redis: unexpected reply".into()).into_response();
+            }
+        });
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("ERROR")).count(),
+            3,
+            "{lines:?}"
+        );
     }
 }

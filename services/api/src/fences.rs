@@ -51,13 +51,14 @@ impl Fences {
         self.known().get(sale).map_or(Position::ZERO, |k| k.floor)
     }
 
-    /// Redis answered with `position` for `sale`: it has been there.
-    pub fn saw(&self, sale: &SaleId, position: Position) {
+    /// Redis answered with `position` for `sale`: it has been there. True the first
+    /// time this instance hears of `sale`.
+    pub fn saw(&self, sale: &SaleId, position: Position) -> bool {
         let mut known = self.known();
         if let Some(k) = known.get_mut(sale) {
             k.seen = k.seen.max(position);
             k.floor = k.floor.max(position);
-            return;
+            return false;
         }
         known.insert(
             sale.clone(),
@@ -67,6 +68,7 @@ impl Fences {
                 flushed: Position::ZERO,
             },
         );
+        true
     }
 
     /// PostgreSQL says Redis reached `floor` for `sale`.
@@ -101,15 +103,22 @@ impl Fences {
     }
 }
 
-/// Raises the floors from PostgreSQL and flushes the positions Redis handed out.
+/// Raises the floors from PostgreSQL and flushes the positions Redis handed out; the
+/// sales read on the way keep the sale index complete (`sale_index`).
 pub async fn refresh(state: &AppState) -> Result<(), String> {
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
-    for (sale, floor) in epochs::active_floors(&client)
+    let floors = epochs::active_floors(&client)
         .await
-        .map_err(|e| e.to_string())?
-    {
+        .map_err(|e| e.to_string())?;
+    state.sale_index.learn(floors.iter().map(|(sale, _)| sale));
+    for (sale, floor) in floors {
         state.fences.raise(sale, floor);
     }
+    state
+        .sale_index
+        .load_all(&client)
+        .await
+        .map_err(|e| e.to_string())?;
     let issued = state.fences.unflushed();
     epochs::record_issued(&client, &issued)
         .await

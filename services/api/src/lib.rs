@@ -3,14 +3,17 @@
 //!
 //! The API never writes PostgreSQL on the `/buy` path: a buy is one Redis script call.
 
+pub mod body;
 pub mod config;
 pub mod durability;
 pub mod error;
 pub mod fences;
+pub mod log_limiter;
 pub mod metrics;
 pub mod response;
 pub mod router;
 pub mod routes;
+pub mod sale_index;
 pub mod server;
 pub mod state;
 
@@ -24,10 +27,12 @@ use yoink_core::{Keyspace, RedisConn, StoreArgs, db, telemetry};
 pub use config::ApiArgs;
 pub use state::AppState;
 
-/// Builds the shared state from settings. Neither store needs to be up: both connect
-/// lazily, and requests answer 503 until they are. The durability level is not
-/// verified here (`durability::check_at_start` does, before `serve` takes buys).
+/// Builds the shared state from settings, refusing settings out of range
+/// (`ApiArgs::check`). Neither store needs to be up: both connect lazily, and requests
+/// answer 503 until they are. The durability level is not verified here
+/// (`durability::check_at_start` does, before `serve` takes buys).
 pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, StartError> {
+    args.check()?;
     let redis = RedisConn::open(stores).await.map_err(StartError::Redis)?;
     let pool = db::pool(&stores.database_url, stores.pg_pool_size)?;
     let durability = durability::Durability::open(stores, args).await?;
@@ -41,6 +46,7 @@ pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, Start
         metrics: telemetry::prometheus(),
         redis_timeout: stores.redis_timeout(),
         fences: Arc::new(fences::Fences::default()),
+        sale_index: Arc::new(sale_index::SaleIndex::default()),
         durability: Arc::new(durability),
     })
 }
@@ -50,6 +56,8 @@ const FIRST_FLOORS: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("Redis settings: {0}")]
     Redis(#[source] redis::RedisError),
     #[error(transparent)]

@@ -1,5 +1,6 @@
 //! What every request handler shares: store handles, keys, the admin token, the bound
-//! on reserve calls in flight, the sales' position floors and the durability level.
+//! on reserve calls in flight, the sales' position floors, the sales a reservation id
+//! can belong to and the durability level.
 //! Cheap to clone; holds no per-request state.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use yoink_core::{Keyspace, RedisConn};
 
 use crate::durability::Durability;
 use crate::fences::Fences;
+use crate::sale_index::SaleIndex;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,6 +29,8 @@ pub struct AppState {
     pub redis_timeout: Duration,
     /// What this instance knows of each sale's position (the reserve floor).
     pub fences: Arc<Fences>,
+    /// Which sales a reservation id's tag can name (`GET /reservations/{id}`).
+    pub sale_index: Arc<SaleIndex>,
     pub durability: Arc<Durability>,
 }
 

@@ -1,7 +1,10 @@
 //! `POST /buy`: take units with one reserve script call and answer 202.
 //!
 //! The reservation id is made here, before the call, so a call whose reply was lost
-//! (timeout) is retried with the same id and cannot take stock twice. Reserve calls in
+//! (timeout) is retried with the same id and cannot take stock twice; when the retry's
+//! reply is lost too, the 503 carries the id (the reservation may stand) and a retry
+//! with the same Idempotency-Key resolves it. The id carries the sale's tag, so
+//! `GET /reservations/{id}` knows which sale to ask Redis about. Reserve calls in
 //! flight are bounded: at the bound the answer is 503 at once, never a queue that ends
 //! in timeouts after Redis already took the stock. Every call carries the sale's
 //! position floor, so a Redis that went back in time suspends the sale (503
@@ -14,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use yoink_core::scripts::{self, Reserve, ReserveError};
 use yoink_core::{ReservationId, SaleId, UserId};
 
+use crate::body::{parse_json, read_json_body};
 use crate::error::ApiError;
+use crate::log_limiter::{LogLimiter, REFUSAL_LOG_INTERVAL};
 use crate::metrics::{record_reservation, set_in_flight};
-use crate::response::{Response, json_response, parse_json, read_json_body};
+use crate::response::{Response, json_response};
 use crate::state::AppState;
 
 /// Most units one request may ask for.
@@ -79,19 +84,13 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
     Ok(Some(key.to_owned()))
 }
 
-fn outcome_label(result: &Result<scripts::Reservation, ReserveError>) -> &'static str {
-    match result {
+/// The `yoink_reservations_total` label of a buy: `reserved` or `replayed` for a
+/// success, else the error code the buyer sees (one vocabulary for both).
+fn outcome_label(outcome: &Result<scripts::Reservation, ApiError>) -> &'static str {
+    match outcome {
         Ok(r) if r.fresh => "reserved",
         Ok(_) => "replayed",
-        Err(ReserveError::SaleRecovering { .. }) => "sale_recovering",
-        Err(ReserveError::SoldOut) => "sold_out",
-        Err(ReserveError::LimitExceeded) => "limit_exceeded",
-        Err(ReserveError::UnknownSale) => "unknown_sale",
-        Err(ReserveError::SaleClosed) => "sale_closed",
-        Err(ReserveError::IdempotencyMismatch) => "idempotency_mismatch",
-        Err(ReserveError::BadQuantity) => "invalid",
-        Err(ReserveError::Unavailable(_)) => "unavailable",
-        Err(ReserveError::Unexpected(_)) => "error",
+        Err(err) => err.code(),
     }
 }
 
@@ -104,28 +103,51 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
             "quantity must be between 1 and {MAX_QUANTITY}"
         )));
     }
+    let outcome = reserve(state, &buy, idempotency_key.as_deref()).await;
+    record_reservation(outcome_label(&outcome));
+    let reservation = outcome?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            reservation_id: reservation.reservation_id,
+            sale_id: &buy.sale_id,
+            user_id: &buy.user_id,
+            quantity: buy.quantity,
+            status: "reserved",
+            durability: state.durability.level.as_str(),
+        },
+    ))
+}
 
+/// Takes the units (or replays them), as durably as `--durability` asks.
+async fn reserve(
+    state: &AppState,
+    buy: &BuyRequest,
+    idempotency_key: Option<&str>,
+) -> Result<scripts::Reservation, ApiError> {
     if !state.durability.satisfied() {
-        record_reservation("not_durable");
         return Err(ApiError::NotDurable(None));
     }
     let Ok(permit) = state.reserve_permits.clone().try_acquire_owned() else {
-        record_reservation("overloaded");
         return Err(ApiError::Overloaded);
     };
     set_in_flight(state.reserve_calls_in_flight());
 
     let request = Reserve {
-        reservation_id: ReservationId::new(),
+        reservation_id: ReservationId::for_sale(&buy.sale_id),
         sale_id: &buy.sale_id,
         user_id: &buy.user_id,
         quantity: buy.quantity,
-        idempotency_key: idempotency_key.as_deref(),
+        idempotency_key,
         floor: state.fences.floor(&buy.sale_id),
     };
-    let result = reserve_retrying_lost_replies(state, &request).await;
+    let (result, first_reply_lost) = reserve_retrying_lost_replies(state, &request).await;
     match &result {
-        Ok(reservation) => state.fences.saw(&buy.sale_id, reservation.position),
+        Ok(reservation) => {
+            if state.fences.saw(&buy.sale_id, reservation.position) {
+                state.sale_index.learn([&buy.sale_id]);
+            }
+        }
         Err(ReserveError::SaleRecovering {
             suspended_now: true,
         }) => {
@@ -141,45 +163,44 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
     };
     drop(permit);
     set_in_flight(state.reserve_calls_in_flight());
-    let reservation = match (result, durable) {
-        (Ok(reservation), Err(_)) => {
-            record_reservation("not_durable");
-            return Err(ApiError::NotDurable(Some(reservation.reservation_id)));
-        }
-        (result, _) => {
-            record_reservation(outcome_label(&result));
-            result?
-        }
-    };
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &Accepted {
-            reservation_id: reservation.reservation_id,
-            sale_id: &buy.sale_id,
-            user_id: &buy.user_id,
-            quantity: buy.quantity,
-            status: "reserved",
-            durability: state.durability.level.as_str(),
-        },
-    ))
+    match (result, durable) {
+        (Ok(reservation), Ok(())) => Ok(reservation),
+        (Ok(reservation), Err(_)) => Err(ApiError::NotDurable(Some(reservation.reservation_id))),
+        // The first call may have run (its reply, not its request, was lost): the
+        // buyer needs the id to find out, not a bare 503.
+        (Err(ReserveError::Unavailable(err)), _) if first_reply_lost => Err(ApiError::ReplyLost {
+            reservation_id: request.reservation_id,
+            cause: format!("Redis: {err}"),
+        }),
+        (Err(err), _) => Err(err.into()),
+    }
 }
 
 /// One reserve call, retried once with the same reservation id when the reply timed
 /// out: Redis may have run it, and the script answers a repeat with the original.
+/// Also says whether the first reply was lost (then a failed retry leaves the outcome
+/// unknown).
 async fn reserve_retrying_lost_replies(
     state: &AppState,
     request: &Reserve<'_>,
-) -> Result<scripts::Reservation, ReserveError> {
+) -> (Result<scripts::Reservation, ReserveError>, bool) {
+    // A stalled Redis loses the replies of every buy in flight at once: one line per
+    // interval, not one per buyer.
+    static REPLY_LOST: LogLimiter = LogLimiter::new(REFUSAL_LOG_INTERVAL);
     match reserve_once(state, request).await {
         Err(ReserveError::Unavailable(err)) if err.is_timeout() => {
-            tracing::warn!(
-                reservation_id = %request.reservation_id,
-                error = %err,
-                "Reserve reply lost; retrying with the same id."
-            );
-            reserve_once(state, request).await
+            if let Some(skipped) = REPLY_LOST.admit() {
+                tracing::warn!(
+                    reservation_id = %request.reservation_id,
+                    error = %err,
+                    more = skipped.count,
+                    over_secs = skipped.over.as_secs(),
+                    "Reserve reply lost; retrying with the same id (this line stands for `more` others in the last `over_secs` s)."
+                );
+            }
+            (reserve_once(state, request).await, true)
         }
-        other => other,
+        other => (other, false),
     }
 }
 

@@ -2,16 +2,18 @@
 //!
 //! PostgreSQL decides a reservation's fate (`confirmed` or `released`), so it is asked
 //! first; a reservation it has not decided yet is looked up in Redis, where the reserve
-//! script recorded it (`reserved`). Redis is searched sale by sale through the sales
-//! registry, which costs the hot `/buy` path nothing.
+//! script recorded it (`reserved`). The route needs no authentication, so what it costs
+//! Redis must never grow with the number of sales: only the sales the id's tag names
+//! (`sale_index`, usually one) are asked, one `HGET` each; an id without a tag (v7,
+//! made before tags) is PostgreSQL's alone. This costs the hot `/buy` path nothing.
 
 use futures::future::join_all;
 use hyper::StatusCode;
 use redis::AsyncCommands;
 use serde::Serialize;
 use uuid::Uuid;
+use yoink_core::ReservationId;
 use yoink_core::scripts::ReservationRecord;
-use yoink_core::{ReservationId, SaleId};
 
 use crate::error::ApiError;
 use crate::response::{Response, json_response};
@@ -81,22 +83,16 @@ async fn undecided(
     state: &AppState,
     id: ReservationId,
 ) -> Result<Option<ReservationView>, ApiError> {
-    let mut conn = state.redis.clone();
-    let sales: Vec<String> = conn
-        .smembers(state.keys.sales_registry())
-        .await
-        .map_err(ApiError::redis)?;
+    let Some(tag) = id.sale_tag() else {
+        return Ok(None);
+    };
+    let sales = state.sale_index.candidates(tag);
     let field = id.to_string();
     let lookups = sales.iter().map(|sale| {
         let mut conn = state.redis.clone();
-        let key = SaleId::parse(sale).map(|s| state.keys.reservations(&s));
+        let key = state.keys.reservations(sale);
         let field = field.clone();
-        async move {
-            match key {
-                Ok(key) => conn.hget::<_, _, Option<String>>(key, field).await,
-                Err(_) => Ok(None),
-            }
-        }
+        async move { conn.hget::<_, _, Option<String>>(key, field).await }
     });
     for (sale, found) in sales.iter().zip(join_all(lookups).await) {
         let Some(record) = found.map_err(ApiError::redis)? else {
@@ -109,7 +105,7 @@ async fn undecided(
         };
         return Ok(Some(ReservationView {
             reservation_id: id,
-            sale_id: sale.clone(),
+            sale_id: sale.to_string(),
             user_id: record.user_id,
             quantity: record.quantity,
             status: if record.released {

@@ -11,8 +11,9 @@ use yoink_core::SaleId;
 use yoink_core::sales::{self, NewSale};
 use yoink_core::scripts::SaleTerms;
 
+use crate::body::{parse_json, read_json_body};
 use crate::error::ApiError;
-use crate::response::{Response, json_response, parse_json, read_json_body};
+use crate::response::{Response, json_response};
 use crate::state::AppState;
 
 /// A sale time: RFC 3339 text or epoch milliseconds.

@@ -4,5 +4,6 @@
 mod bad_requests;
 mod buy;
 mod outage;
+mod reservations;
 mod sales;
 mod server;

@@ -151,3 +151,87 @@ async fn a_reply_lost_to_a_timeout_is_retried_without_taking_stock_twice() {
     assert_eq!(remaining, 9, "one unit taken, not two");
     assert_eq!(events, 1, "one event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buy_whose_replies_are_both_lost_answers_503_with_its_id_and_a_retry_with_its_key_resolves_it()
+ {
+    // Redis stalls longer than two reserve timeouts: the call and its retry both time
+    // out, yet Redis runs them once it wakes up.
+    let redis = PrivateRedis::start_with(&["--enable-debug-command", "yes"]).await;
+    let app = spawn_app_with(AppOptions {
+        redis_url: Some(redis.url()),
+        redis_timeout_ms: Some(200),
+        ..AppOptions::default()
+    })
+    .await;
+    let sale = app.create_sale("stalled", 10, 0).await;
+    // Load the reserve script first, as any live server has: on a fresh Redis the
+    // stalled EVALSHA would answer NOSCRIPT after its caller gave up, and nothing would
+    // run (the retry below would then reserve anew, under another id).
+    app.create_sale("warm-up", 1, 0).await;
+    assert_eq!(app.buy("warm-up", "first", 1).await.0, 202);
+    let staller = redis::Client::open(redis.url()).expect("url");
+    // The staller's own connection must outwait the sleep (redis-rs gives up after
+    // 500 ms by default).
+    let mut stall = staller
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .expect("connect");
+    let sleeping = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1.2")
+            .query_async::<()>(&mut stall)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let response = app
+        .http
+        .post(format!("{}/buy", app.base))
+        .header("Idempotency-Key", "checkout-7")
+        .json(&serde_json::json!({"sale_id": "stalled", "user_id": "blind", "quantity": 1}))
+        .send()
+        .await
+        .expect("the app answers");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let id = body["reservation_id"]
+        .as_str()
+        .expect("the 503 names the reservation the server made")
+        .to_owned();
+    assert!(
+        body.get("detail").is_none(),
+        "5xx bodies hide internals: {body}"
+    );
+
+    sleeping.await.expect("staller").expect("DEBUG SLEEP ran");
+    let (status, body) = app
+        .buy_with_key("stalled", "blind", 1, Some("checkout-7"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["reservation_id"], id.as_str(), "the same reservation");
+
+    let mut conn = app.redis.clone();
+    let remaining: i64 = redis::AsyncCommands::get(&mut conn, app.keys().stock(&sale))
+        .await
+        .expect("stock");
+    let events: i64 = redis::AsyncCommands::xlen(&mut conn, app.keys().events(&sale))
+        .await
+        .expect("xlen");
+    assert_eq!(remaining, 9, "one unit taken, not two");
+    assert_eq!(events, 1, "one event");
+}

@@ -90,3 +90,51 @@ async fn shutdown_finishes_a_request_already_in_flight() {
     // New connections are refused once the server stopped.
     assert!(TcpStream::connect(app.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn reservation_outcomes_are_counted_under_the_error_codes_buyers_see() {
+    let app = spawn_app().await;
+    app.create_sale("vocabulary", 10, 0).await;
+    assert_eq!(
+        app.buy_with_key("vocabulary", "a", 1, Some("k")).await.0,
+        202
+    );
+    let (status, body) = app.buy_with_key("vocabulary", "b", 1, Some("k")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(r#"yoink_reservations_total{outcome="idempotency_key_reused"}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"yoink_reservations_total{outcome="reserved"}"#));
+    assert!(!text.contains(r#"outcome="idempotency_mismatch""#));
+}
+
+#[tokio::test]
+async fn a_server_with_no_room_for_a_single_buy_refuses_to_start_and_names_the_flag() {
+    let stores = yoink_core::StoreArgs::local(
+        yoink_testkit::postgres_server_url(),
+        yoink_testkit::redis_url(),
+    );
+    let mut args = yoink_api::ApiArgs::local();
+    args.max_in_flight = 0;
+    let refused = yoink_api::state(&stores, &args).await;
+    let err = refused
+        .err()
+        .expect("max_in_flight 0 is refused")
+        .to_string();
+    assert!(err.contains("--max-in-flight"), "{err}");
+    assert!(err.contains("at least 1"), "{err}");
+}
