@@ -192,6 +192,24 @@ pub async fn decided<'a>(
         .collect())
 }
 
+/// Which of `reservations` PostgreSQL decided `released`, with the reason recorded.
+pub async fn released<'a>(
+    client: &impl GenericClient,
+    reservations: impl Iterator<Item = &'a Reserved>,
+) -> Result<std::collections::HashMap<Uuid, String>, LedgerError> {
+    let ids: Vec<Uuid> = reservations.map(|r| r.reservation_id.as_uuid()).collect();
+    Ok(client
+        .query(
+            "SELECT reservation_id, coalesce(reason, '') FROM reservation_fates
+             WHERE reservation_id = ANY($1) AND fate = 'released'",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// A reservation's fate as decided by PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {

@@ -190,6 +190,9 @@ pub enum ReleaseOutcome {
     AlreadyReleased(i64),
     /// Redis knows no such reservation: nothing was taken, nothing to give back.
     Unknown,
+    /// Redis's record of the reservation cannot be read: nothing was given back, and
+    /// retrying cannot change that (the units stay taken until a repair).
+    Malformed,
 }
 
 /// Runs `release.lua`: gives a reservation's units back, at most once per reservation.
@@ -213,6 +216,7 @@ pub async fn release(
     Ok(match outcome.as_str() {
         "released" => ReleaseOutcome::Released(quantity),
         "already" => ReleaseOutcome::AlreadyReleased(quantity),
+        "malformed" => ReleaseOutcome::Malformed,
         _ => ReleaseOutcome::Unknown,
     })
 }

@@ -1,8 +1,8 @@
-//! One sale's projector loop: read new entries with `XREADGROUP`, project them in one
-//! PostgreSQL transaction per batch, `XACK` after commit; on a timer, reclaim stuck
-//! entries with `XAUTOCLAIM`, report pending and lag, and remove idle empty consumers;
-//! on another, check that Redis has not gone back behind PostgreSQL, and rebuild the
-//! sale when it is suspended.
+//! One sale's projector loop: take the batches its reader fetched, project each in one
+//! PostgreSQL transaction, `XACK` after commit, and dead-letter what is refused for
+//! good; on a timer, run the stream's upkeep (`maintenance`: reclaim, report, idle
+//! consumers) and handle what it reclaimed; on another, check that Redis has not gone
+//! back behind PostgreSQL, and rebuild the sale when it is suspended.
 //!
 //! Never acknowledge an entry before what it stands for is committed in PostgreSQL,
 //! never dead-letter on a transient error, and never commit a batch from a Redis that
@@ -12,24 +12,23 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamClaimOptions, StreamInfoConsumersReply,
-    StreamInfoGroupsReply, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
-};
+use redis::streams::StreamPendingCountReply;
 use tokio::sync::{mpsc, watch};
 use yoink_core::backoff::Backoff;
-use yoink_core::events::SaleEvent;
+use yoink_core::events::{Reserved, SaleEvent};
 use yoink_core::keys::PROJECTOR_GROUP;
-use yoink_core::scripts::{self, Fence};
+use yoink_core::scripts::{self, Fence, ReleaseOutcome};
 use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs, telemetry};
+use yoink_core::{ledger, rebuild, stream};
 
 use crate::ProjectorArgs;
 use crate::dead_letter::dead_letter;
 use crate::entry::Entry;
 use crate::error::ProjectError;
+use crate::held::{self, Held};
+use crate::maintenance::Maintenance;
 use crate::metrics;
-use yoink_core::rebuild;
-use yoink_core::{ledger, stream};
+use crate::reader::Reader;
 
 /// What one pass over a batch decided.
 #[derive(Default)]
@@ -37,7 +36,7 @@ struct Outcome {
     /// Committed (or nothing to commit): acknowledge.
     ack: Vec<String>,
     /// Refused for good this time: dead-letter once delivered often enough.
-    refused: Vec<(Entry, String)>,
+    refused: Vec<(Entry, ProjectError)>,
 }
 
 pub struct SaleProjector {
@@ -50,8 +49,8 @@ pub struct SaleProjector {
     pub pool: Pool,
     pub args: ProjectorArgs,
     pub consumer: String,
-    claim_cursor: String,
-    next_cleanup: Instant,
+    /// Every entry delivered to this projector and not finished, kept claimed.
+    held: Held,
     /// The highest position this projector knows the sale's Redis reached: PostgreSQL's
     /// floor (read on every fence tick) and every entry it read. A Redis below it went
     /// back in time.
@@ -77,8 +76,7 @@ impl SaleProjector {
             pool,
             args,
             consumer,
-            claim_cursor: "0-0".into(),
-            next_cleanup: Instant::now(),
+            held: Held::default(),
             floor: Position::ZERO,
         }
     }
@@ -87,7 +85,8 @@ impl SaleProjector {
     /// are finished first.
     ///
     /// A reader task fetches the next batch while this one is committed (a channel of
-    /// one batch between them), so reading never waits for PostgreSQL nor the reverse.
+    /// one batch between them), so reading never waits for PostgreSQL nor the reverse;
+    /// a keeper task keeps every entry held meanwhile claimed.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new();
         while let Err(err) = stream::ensure_group(&mut self.redis, &self.stream).await {
@@ -97,6 +96,16 @@ impl SaleProjector {
             }
         }
         tracing::info!(sale_id = %self.sale, consumer = %self.consumer, "Projecting sale.");
+        // Dropped when this loop ends, or unwinds: the keeper stops with it.
+        let (_keeping, keep_until) = watch::channel(false);
+        tokio::spawn(held::keep_alive(
+            self.held.clone(),
+            self.redis.clone(),
+            self.stream.clone(),
+            self.consumer.clone(),
+            held::keep_alive_every(self.args.claim_idle_ms),
+            keep_until,
+        ));
         let (batches, mut incoming) = mpsc::channel::<Vec<Entry>>(1);
         let reader = Reader {
             sale: self.sale.clone(),
@@ -105,8 +114,16 @@ impl SaleProjector {
             batch_size: self.args.batch_size,
             block_ms: self.args.block_ms,
             conn: self.reader.clone(),
+            held: self.held.clone(),
         };
         let reader = tokio::spawn(reader.run(batches, shutdown.clone()));
+        let mut maintenance = Maintenance::new(
+            self.sale.clone(),
+            self.stream.clone(),
+            self.consumer.clone(),
+            self.redis.clone(),
+            &self.args,
+        );
         let mut reclaim = tokio::time::interval(self.args.claim_interval());
         reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fence = tokio::time::interval(Duration::from_millis(self.args.fence_interval_ms));
@@ -121,7 +138,7 @@ impl SaleProjector {
                     None => break,
                 },
                 _ = reclaim.tick(), if !stopping => {
-                    if let Err(err) = self.reclaim(&mut shutdown).await {
+                    if let Err(err) = self.maintain(&mut maintenance, &mut shutdown).await {
                         metrics::transient("redis");
                         tracing::warn!(sale_id = %self.sale, error = %err, "Reclaim failed.");
                     }
@@ -147,9 +164,30 @@ impl SaleProjector {
         tracing::info!(sale_id = %self.sale, "Sale projector stopped.");
     }
 
-    /// Projects `entries` until they are all committed-and-acked or refused; transient
-    /// errors are retried with backoff, keeping the entries claimed by this consumer.
+    /// One upkeep pass: reclaim idle entries and handle them, then report and tidy.
+    async fn maintain(
+        &mut self,
+        maintenance: &mut Maintenance,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
+        let claimed = maintenance.reclaim().await?;
+        if !claimed.is_empty() {
+            self.held.hold(claimed.iter().map(|e| e.id.as_str()));
+            self.handle(claimed, shutdown).await;
+        }
+        maintenance.tidy().await
+    }
+
+    /// Projects `entries` (held since they were read or reclaimed) until they are all
+    /// committed-and-acked or refused; transient errors are retried with backoff while
+    /// the keeper keeps the entries claimed by this consumer. Then they are no longer
+    /// held: refused ones must go idle for `XAUTOCLAIM` to deliver them again.
     async fn handle(&mut self, entries: Vec<Entry>, shutdown: &mut watch::Receiver<bool>) {
+        self.handle_held(&entries, shutdown).await;
+        self.held.finish(entries.iter().map(|e| e.id.as_str()));
+    }
+
+    async fn handle_held(&mut self, entries: &[Entry], shutdown: &mut watch::Receiver<bool>) {
         let started = Instant::now();
         metrics::pool(&self.pool);
         let read_at = entries
@@ -164,19 +202,20 @@ impl SaleProjector {
         let mut give_up_at = None;
         let outcome = loop {
             let attempt = match self.ensure_live(false).await {
-                Ok(()) => self.project(&entries).await,
+                Ok(()) => self.project(entries).await,
                 Err(err) => Err(err),
             };
             match attempt {
                 Ok(outcome) => break outcome,
                 Err(err) => {
-                    metrics::transient(match &err {
-                        ProjectError::Transient { kind, .. } => kind,
-                        ProjectError::Permanent(_) => "unexpected",
+                    // Only transient errors reach here; anything else is a bug, and is
+                    // still retried rather than given up on.
+                    metrics::transient(if err.is_permanent() {
+                        "unexpected"
+                    } else {
+                        err.kind()
                     });
                     tracing::warn!(sale_id = %self.sale, error = %err, entries = entries.len(), "Batch not committed; retrying.");
-                    // Hold on to the entries: reset their idle time without counting a delivery.
-                    self.touch(&entries).await;
                     if *shutdown.borrow() {
                         // Shutting down: keep trying to finish the batch in hand for
                         // the grace period, then leave it pending for XAUTOCLAIM.
@@ -194,7 +233,7 @@ impl SaleProjector {
             }
         };
         if !outcome.ack.is_empty()
-            && let Err(err) = self.ack(&outcome.ack).await
+            && let Err(err) = ack(&mut self.redis, &self.stream, &outcome.ack).await
         {
             // Committed but not acked: a harmless redelivery later.
             tracing::warn!(sale_id = %self.sale, error = %err, "XACK failed after commit.");
@@ -248,10 +287,7 @@ impl SaleProjector {
                 metrics::suspended(&self.sale, false);
                 Ok(())
             }
-            rebuild::Outcome::Busy => Err(ProjectError::Transient {
-                kind: "recovering",
-                detail: "another process is rebuilding the sale".into(),
-            }),
+            rebuild::Outcome::Busy => Err(ProjectError::RebuildInProgress),
         }
     }
 
@@ -268,7 +304,7 @@ impl SaleProjector {
                 }
                 Err(err) => outcome
                     .refused
-                    .push((entry.clone(), format!("malformed event: {err}"))),
+                    .push((entry.clone(), ProjectError::Malformed(err.clone()))),
             }
         }
         let batch: Vec<(&str, &yoink_core::events::Reserved)> = to_confirm
@@ -279,6 +315,10 @@ impl SaleProjector {
             Ok(new) => {
                 metrics::event("confirmed", new);
                 metrics::event("duplicate", batch.len() as u64 - new);
+                if new < batch.len() as u64 {
+                    self.finish_releases(to_confirm.iter().map(|(_, r)| *r))
+                        .await?;
+                }
                 outcome
                     .ack
                     .extend(to_confirm.iter().map(|(e, _)| e.id.clone()));
@@ -291,10 +331,13 @@ impl SaleProjector {
                         Ok(new) => {
                             metrics::event("confirmed", new);
                             metrics::event("duplicate", 1 - new);
+                            if new == 0 {
+                                self.finish_releases(std::iter::once(*reserved)).await?;
+                            }
                             outcome.ack.push(entry.id.clone());
                         }
                         Err(why) if why.is_refusal() => {
-                            outcome.refused.push(((*entry).clone(), why.to_string()));
+                            outcome.refused.push(((*entry).clone(), why.into()));
                         }
                         Err(err) => return Err(err.into()),
                     }
@@ -305,9 +348,44 @@ impl SaleProjector {
         Ok(outcome)
     }
 
+    /// Among reservations PostgreSQL had already decided (a redelivery), those it
+    /// released must have their units back in Redis before their entries are
+    /// acknowledged: a dead letter whose release script failed after the fate was
+    /// recorded (a timeout, a suspended sale) comes back this way, and acknowledging it
+    /// as a mere duplicate would leave its units taken for good. The release script
+    /// answers "already" when it had run, so this is safe to repeat. Err (transient)
+    /// keeps the entries pending.
+    async fn finish_releases<'a>(
+        &self,
+        decided: impl Iterator<Item = &'a Reserved> + Clone,
+    ) -> Result<(), ProjectError> {
+        let released = ledger::released(&self.pool.get().await?, decided.clone()).await?;
+        let mut redis = self.redis.clone();
+        for r in decided {
+            let Some(reason) = released.get(&r.reservation_id.as_uuid()) else {
+                continue;
+            };
+            let reservation = r.reservation_id;
+            match scripts::release(&mut redis, &self.keys, &self.sale, reservation, reason).await? {
+                ReleaseOutcome::Released(units) => {
+                    tracing::warn!(sale_id = %self.sale, reservation_id = %reservation, units, "Gave back units PostgreSQL had released and Redis had not.");
+                    ::metrics::counter!(metrics::RELEASED_UNITS, "sale" => self.sale.to_string())
+                        .increment(units as u64);
+                }
+                ReleaseOutcome::Malformed => {
+                    tracing::error!(sale_id = %self.sale, reservation_id = %reservation, "Cannot give back released units: the reservation's record in Redis is unreadable.");
+                    metrics::unreleasable(&self.sale);
+                }
+                ReleaseOutcome::AlreadyReleased(_) | ReleaseOutcome::Unknown => {}
+            }
+        }
+        Ok(())
+    }
+
     /// A permanent refusal: dead-letter when delivered `max_deliveries` times, else leave
     /// it pending so `XAUTOCLAIM` delivers it again after `claim_idle`.
-    async fn refuse(&mut self, entry: &Entry, reason: &str) {
+    async fn refuse(&mut self, entry: &Entry, why: &ProjectError) {
+        let reason = why.to_string();
         let deliveries = match self.deliveries(&entry.id).await {
             Ok(n) => n,
             Err(err) => {
@@ -326,7 +404,7 @@ impl SaleProjector {
             &self.sale,
             &self.consumer,
             entry,
-            reason,
+            &reason,
         )
         .await
         {
@@ -342,165 +420,16 @@ impl SaleProjector {
             .await?;
         Ok(reply.ids.first().map_or(0, |p| p.times_delivered as u64))
     }
-
-    async fn ack(&mut self, ids: &[String]) -> redis::RedisResult<()> {
-        for chunk in ids.chunks(1_000) {
-            let _: usize = self
-                .redis
-                .xack(&self.stream, PROJECTOR_GROUP, chunk)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// `XCLAIM ... JUSTID` to ourselves: resets idle time so other projectors do not
-    /// reclaim entries we are still retrying, without raising their delivery count.
-    async fn touch(&mut self, entries: &[Entry]) {
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let options = StreamClaimOptions::default().with_justid();
-        let claimed: redis::RedisResult<redis::Value> = self
-            .redis
-            .xclaim_options(
-                &self.stream,
-                PROJECTOR_GROUP,
-                &self.consumer,
-                0,
-                &ids,
-                options,
-            )
-            .await;
-        if let Err(err) = claimed {
-            tracing::debug!(error = %err, "XCLAIM JUSTID failed.");
-        }
-    }
-
-    /// Takes over entries idle longer than `claim_idle` (from dead consumers, or our
-    /// own refused ones), drops deleted ones, reports pending and lag, and removes
-    /// consumers that stayed idle with nothing pending.
-    async fn reclaim(&mut self, shutdown: &mut watch::Receiver<bool>) -> redis::RedisResult<()> {
-        let options = StreamAutoClaimOptions::default().count(self.args.batch_size);
-        let reply: StreamAutoClaimReply = self
-            .redis
-            .xautoclaim_options(
-                &self.stream,
-                PROJECTOR_GROUP,
-                &self.consumer,
-                self.args.claim_idle_ms,
-                &self.claim_cursor,
-                options,
-            )
-            .await?;
-        self.claim_cursor = reply.next_stream_id.clone();
-        if !reply.deleted_ids.is_empty() {
-            // Deleted from the stream while pending: nothing left to project.
-            tracing::warn!(sale_id = %self.sale, count = reply.deleted_ids.len(), "Pending entries were deleted from the stream; acknowledging them.");
-            metrics::event("deleted", reply.deleted_ids.len() as u64);
-            self.ack(&reply.deleted_ids).await?;
-        }
-        if !reply.claimed.is_empty() {
-            tracing::info!(sale_id = %self.sale, count = reply.claimed.len(), "Reclaimed idle entries.");
-            let entries = reply.claimed.into_iter().map(Entry::from_stream).collect();
-            self.handle(entries, shutdown).await;
-        }
-        self.report().await?;
-        if Instant::now() >= self.next_cleanup {
-            self.next_cleanup = Instant::now() + self.args.claim_interval() * 10;
-            self.remove_idle_consumers().await?;
-        }
-        Ok(())
-    }
-
-    async fn report(&mut self) -> redis::RedisResult<()> {
-        let groups: StreamInfoGroupsReply = self.redis.xinfo_groups(&self.stream).await?;
-        if let Some(group) = groups.groups.iter().find(|g| g.name == PROJECTOR_GROUP) {
-            let sale = self.sale.to_string();
-            ::metrics::gauge!(metrics::PENDING, "sale" => sale.clone()).set(group.pending as f64);
-            ::metrics::gauge!(metrics::LAG, "sale" => sale).set(group.lag.unwrap_or(0) as f64);
-        }
-        Ok(())
-    }
-
-    async fn remove_idle_consumers(&mut self) -> redis::RedisResult<()> {
-        let info: StreamInfoConsumersReply = self
-            .redis
-            .xinfo_consumers(&self.stream, PROJECTOR_GROUP)
-            .await?;
-        for c in info.consumers {
-            if c.name != self.consumer
-                && c.pending == 0
-                && c.idle as u64 > self.args.consumer_idle_delete_ms
-            {
-                let _: usize = self
-                    .redis
-                    .xgroup_delconsumer(&self.stream, PROJECTOR_GROUP, &c.name)
-                    .await?;
-                tracing::info!(sale_id = %self.sale, consumer = %c.name, "Removed an idle, empty consumer.");
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Reads new entries of one sale stream for this consumer, on its own connection (a
-/// blocking XREADGROUP would stall a shared one), and hands them over batch by batch.
-struct Reader {
-    sale: SaleId,
-    stream: String,
-    consumer: String,
-    batch_size: usize,
-    block_ms: u64,
-    conn: RedisConn,
-}
-
-impl Reader {
-    /// Reads until shutdown; never abandons a read mid-way (what Redis delivered is
-    /// handed over), and drops `batches` when done so the projector knows.
-    async fn run(mut self, batches: mpsc::Sender<Vec<Entry>>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new();
-        while !*shutdown.borrow() {
-            match self.read().await {
-                Ok(entries) => {
-                    backoff.reset();
-                    if !entries.is_empty() && batches.send(entries).await.is_err() {
-                        return;
-                    }
-                }
-                Err(err) if err.code() == Some("NOGROUP") => {
-                    // The stream or group vanished (Redis lost its data, or a repair
-                    // rebuilt the sale): make the group again and carry on.
-                    tracing::warn!(sale_id = %self.sale, "Consumer group missing; creating it again.");
-                    if let Err(err) = stream::ensure_group(&mut self.conn, &self.stream).await {
-                        tracing::warn!(sale_id = %self.sale, error = %err, "Cannot create the consumer group.");
-                    }
-                    if backoff.wait(&mut shutdown).await {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    metrics::transient("redis");
-                    tracing::warn!(sale_id = %self.sale, error = %err, "XREADGROUP failed.");
-                    if backoff.wait(&mut shutdown).await {
-                        return;
-                    }
-                }
-            }
-        }
+/// Acknowledges `ids` on `stream` for the projectors' group, a thousand at a time.
+pub(crate) async fn ack(
+    redis: &mut RedisConn,
+    stream: &str,
+    ids: &[String],
+) -> redis::RedisResult<()> {
+    for chunk in ids.chunks(1_000) {
+        let _: usize = redis.xack(stream, PROJECTOR_GROUP, chunk).await?;
     }
-
-    async fn read(&mut self) -> redis::RedisResult<Vec<Entry>> {
-        let options = StreamReadOptions::default()
-            .group(PROJECTOR_GROUP, &self.consumer)
-            .count(self.batch_size)
-            .block(self.block_ms as usize);
-        let reply: Option<StreamReadReply> = self
-            .conn
-            .xread_options(&[&self.stream], &[">"], &options)
-            .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(Entry::from_stream)
-            .collect())
-    }
+    Ok(())
 }

@@ -5,6 +5,10 @@
 //!
 //! A crash between steps repeats them on redelivery: the dead-letter copy may then
 //! appear twice (readers dedupe by `original_id`), the release happens at most once.
+//! When Redis's record of the reservation cannot be read, nothing can be given back and
+//! retrying cannot change that: a second copy says so in its reason, the entry is
+//! counted (`yoink_projector_unreleasable_total`) and acknowledged. Never give units
+//! back before PostgreSQL recorded the fate, and never acknowledge before the copy.
 
 use redis::AsyncCommands;
 use yoink_core::events::SaleEvent;
@@ -28,31 +32,42 @@ pub async fn dead_letter(
     reason: &str,
 ) -> Result<(), ProjectError> {
     let stream = keys.events(sale);
-    let mut copy: Vec<(String, String)> = vec![
-        ("dead_reason".into(), reason.to_owned()),
-        ("original_id".into(), entry.id.clone()),
-        ("consumer".into(), consumer.to_owned()),
-    ];
-    let mut original: Vec<_> = entry.fields.iter().collect();
-    original.sort();
-    copy.extend(original.into_iter().map(|(k, v)| (k.clone(), v.clone())));
-    let _: Option<String> = redis.xadd(keys.dead_letters(sale), "*", &copy).await?;
+    copy(redis, keys, sale, consumer, entry, reason).await?;
 
     if let Ok(SaleEvent::Reserved(reserved)) = &entry.event {
         match ledger::release(pool, &entry.id, reserved, reason).await? {
             Fate::Released => {
                 let outcome =
                     scripts::release(redis, keys, sale, reserved.reservation_id, reason).await?;
-                tracing::warn!(
-                    sale_id = %sale,
-                    reservation_id = %reserved.reservation_id,
-                    ?outcome,
-                    reason,
-                    "Reservation released after a permanent failure."
-                );
-                if let ReleaseOutcome::Released(units) = outcome {
-                    ::metrics::counter!(metrics::RELEASED_UNITS, "sale" => sale.to_string())
-                        .increment(units as u64);
+                match outcome {
+                    ReleaseOutcome::Malformed => {
+                        let why = format!(
+                            "{reason}; the reservation's record in Redis is unreadable, \
+                             so nothing was given back (the units stay taken until a repair)"
+                        );
+                        copy(redis, keys, sale, consumer, entry, &why).await?;
+                        metrics::unreleasable(sale);
+                        tracing::error!(
+                            sale_id = %sale,
+                            reservation_id = %reserved.reservation_id,
+                            entry_id = %entry.id,
+                            reason,
+                            "Reservation released in PostgreSQL, but its record in Redis is unreadable: its units stay taken."
+                        );
+                    }
+                    outcome => {
+                        tracing::warn!(
+                            sale_id = %sale,
+                            reservation_id = %reserved.reservation_id,
+                            ?outcome,
+                            reason,
+                            "Reservation released after a permanent failure."
+                        );
+                        if let ReleaseOutcome::Released(units) = outcome {
+                            ::metrics::counter!(metrics::RELEASED_UNITS, "sale" => sale.to_string())
+                                .increment(units as u64);
+                        }
+                    }
                 }
             }
             Fate::Confirmed => {
@@ -67,5 +82,25 @@ pub async fn dead_letter(
     metrics::event("dead_lettered", 1);
     metrics::counter_dead_letter(sale);
     tracing::warn!(sale_id = %sale, entry_id = %entry.id, reason, "Entry dead-lettered.");
+    Ok(())
+}
+
+/// Appends a copy of `entry` to the sale's dead-letter stream: `dead_reason`,
+/// `original_id`, `consumer`, then the original fields byte for byte.
+async fn copy(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    sale: &SaleId,
+    consumer: &str,
+    entry: &Entry,
+    reason: &str,
+) -> Result<(), ProjectError> {
+    let mut fields: Vec<(&str, Vec<u8>)> = vec![
+        ("dead_reason", reason.as_bytes().to_vec()),
+        ("original_id", entry.id.as_bytes().to_vec()),
+        ("consumer", consumer.as_bytes().to_vec()),
+    ];
+    fields.extend(entry.raw_fields());
+    let _: Option<String> = redis.xadd(keys.dead_letters(sale), "*", &fields).await?;
     Ok(())
 }

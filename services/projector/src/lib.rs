@@ -10,18 +10,25 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod entry;
 pub mod error;
+pub mod held;
+pub mod maintenance;
 pub mod metrics;
+pub mod reader;
 pub mod relay;
+pub mod supervisor;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::{CommandFactory, FromArgMatches};
 use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use yoink_core::backoff::Backoff;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, telemetry};
+
+pub use relay::RelayArgs;
 
 /// `yoink project` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,12 +67,8 @@ pub struct ProjectorArgs {
     /// Do not run the outbox relay in this process.
     #[arg(long, env = "YOINK_NO_RELAY")]
     pub no_relay: bool,
-    /// Outbox rows published per relay transaction.
-    #[arg(long, env = "YOINK_RELAY_BATCH", default_value_t = 500)]
-    pub relay_batch: i64,
-    /// Milliseconds between relay passes when the outbox is drained.
-    #[arg(long, env = "YOINK_RELAY_INTERVAL_MS", default_value_t = 200)]
-    pub relay_interval_ms: u64,
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Where to serve /metrics ("off" to disable).
     #[arg(
         long,
@@ -84,8 +87,27 @@ impl ProjectorArgs {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 
-    /// Defaults, with a consumer name and no metrics listener (tests).
+    /// Every setting at its default, as `yoink project` with no flags: taken from the
+    /// flag definitions above, never from the environment.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: ProjectorArgs,
+        }
+        let matches = Defaults::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(["yoink-project"])
+            .expect("every projector flag has a default or is optional");
+        Defaults::from_arg_matches(&matches)
+            .expect("matches of the command derived from the same struct")
+            .args
+    }
+
+    /// The defaults with a consumer name, no metrics listener and timings short enough
+    /// for tests.
     pub fn local(consumer: &str) -> Self {
+        let defaults = Self::defaults();
         Self {
             consumer: Some(consumer.to_owned()),
             batch_size: 500,
@@ -93,14 +115,14 @@ impl ProjectorArgs {
             claim_idle_ms: 1_000,
             claim_interval_ms: 200,
             max_deliveries: 3,
-            consumer_idle_delete_ms: 600_000,
             discover_interval_ms: 100,
             fence_interval_ms: 200,
-            shutdown_grace_secs: 10,
-            no_relay: false,
-            relay_batch: 500,
-            relay_interval_ms: 50,
+            relay: RelayArgs {
+                interval_ms: 50,
+                ..defaults.relay
+            },
             metrics_listen: "off".into(),
+            ..defaults
         }
     }
 
@@ -115,7 +137,7 @@ impl ProjectorArgs {
         }
         if self.batch_size == 0
             || self.max_deliveries == 0
-            || self.relay_batch <= 0
+            || self.relay.batch <= 0
             || self.fence_interval_ms == 0
         {
             return Err(
@@ -133,16 +155,6 @@ impl ProjectorArgs {
                 .unwrap_or_else(|_| "host".into());
             format!("{host}-{}", std::process::id())
         })
-    }
-
-    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
-        if self.metrics_listen == "off" {
-            return Ok(None);
-        }
-        self.metrics_listen
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("--metrics-listen {}: {e}", self.metrics_listen))
     }
 }
 
@@ -177,10 +189,56 @@ async fn discover(
 pub enum StartError {
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Metrics(#[from] telemetry::MetricsListenError),
+    #[error("publishing the metrics address (--metrics-sd-dir): {0}")]
+    Publish(#[source] std::io::Error),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Db(#[from] db::DbError),
+}
+
+/// What every sale's projector runs with.
+#[derive(Clone)]
+struct Shared {
+    stores: StoreArgs,
+    keys: Keyspace,
+    redis: RedisConn,
+    pool: deadpool_postgres::Pool,
+    args: ProjectorArgs,
+    consumer: String,
+}
+
+/// One run of a sale's projector: opens its reader connection, then projects until
+/// shutdown. A fresh reader connection per run, so a run that panicked leaves nothing
+/// queued ahead of the next one's blocking reads.
+async fn project_sale(shared: Shared, sale: SaleId, mut shutdown: watch::Receiver<bool>) {
+    // BLOCK replies may take block_ms; the reader waits a bit longer.
+    let timeout = Duration::from_millis(shared.args.block_ms + 5_000);
+    let mut backoff = Backoff::new();
+    let reader = loop {
+        match RedisConn::dedicated(&shared.stores, Some(timeout)).await {
+            Ok(reader) => break reader,
+            Err(err) => {
+                tracing::warn!(sale_id = %sale, error = %err, "Cannot open a reader connection.");
+                if backoff.wait(&mut shutdown).await {
+                    return;
+                }
+            }
+        }
+    };
+    let Shared {
+        keys,
+        redis,
+        pool,
+        args,
+        consumer,
+        ..
+    } = shared;
+    consumer::SaleProjector::new(sale, keys, redis, reader, pool, args, consumer)
+        .run(shutdown)
+        .await;
 }
 
 /// Runs the projector (and the relay) until `shutdown` resolves, then finishes the
@@ -188,6 +246,7 @@ pub enum StartError {
 pub async fn run(
     stores: &StoreArgs,
     args: ProjectorArgs,
+    sd_dir: Option<&std::path::Path>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     args.check().map_err(StartError::Config)?;
@@ -197,15 +256,18 @@ pub async fn run(
     let pool = db::pool(&stores.database_url, stores.pg_pool_size)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    if let Some(addr) = args.metrics_addr().map_err(StartError::Config)? {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Config(format!("binding metrics on {addr}: {e}")))?;
+    let mut _published = None;
+    if let Some(listener) = telemetry::bind_metrics(&args.metrics_listen, "projector").await? {
+        if let (Some(dir), Ok(addr)) = (sd_dir, listener.local_addr()) {
+            _published = Some(
+                telemetry::ScrapeTarget::publish(dir, "projector", addr)
+                    .map_err(StartError::Publish)?,
+            );
+        }
         let mut stop = stop_rx.clone();
         tasks.spawn(telemetry::serve_metrics(listener, async move {
             let _ = stop.changed().await;
         }));
-        tracing::info!(%addr, "Serving projector metrics.");
     }
 
     if !args.no_relay {
@@ -213,42 +275,36 @@ pub async fn run(
             pool.clone(),
             redis.clone(),
             keys.clone(),
-            args.relay_batch,
-            Duration::from_millis(args.relay_interval_ms),
+            args.relay.clone(),
             stop_rx.clone(),
         ));
     }
     tracing::info!(consumer = %consumer, batch = args.batch_size, claim_idle_ms = args.claim_idle_ms, max_deliveries = args.max_deliveries, "Projector started.");
 
+    let shared = Shared {
+        stores: stores.clone(),
+        keys: keys.clone(),
+        redis: redis.clone(),
+        pool: pool.clone(),
+        args: args.clone(),
+        consumer: consumer.clone(),
+    };
     let mut running: HashSet<SaleId> = HashSet::new();
     tokio::pin!(shutdown);
     loop {
         match discover(&mut redis, &keys, &pool).await {
             Ok(sales) => {
                 for sale in sales {
-                    if running.contains(&sale) {
+                    if !running.insert(sale.clone()) {
                         continue;
                     }
-                    // BLOCK replies may take block_ms; the reader waits a bit longer.
-                    let timeout = Duration::from_millis(args.block_ms + 5_000);
-                    let reader = match RedisConn::dedicated(stores, Some(timeout)).await {
-                        Ok(r) => r,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "Cannot open a reader connection.");
-                            continue;
-                        }
+                    let start = {
+                        let shared = shared.clone();
+                        let sale = sale.clone();
+                        let stop = stop_rx.clone();
+                        move || project_sale(shared.clone(), sale.clone(), stop.clone())
                     };
-                    running.insert(sale.clone());
-                    let projector = consumer::SaleProjector::new(
-                        sale,
-                        keys.clone(),
-                        redis.clone(),
-                        reader,
-                        pool.clone(),
-                        args.clone(),
-                        consumer.clone(),
-                    );
-                    tasks.spawn(projector.run(stop_rx.clone()));
+                    tasks.spawn(supervisor::supervise(sale, start, stop_rx.clone()));
                 }
             }
             Err(err) => {
@@ -266,4 +322,24 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     tracing::info!("Projector stopped.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_settings_are_the_flag_defaults_with_shorter_timings() {
+        let defaults = ProjectorArgs::defaults();
+        assert_eq!(defaults.consumer, None);
+        assert_eq!(defaults.relay.batch, 500);
+        let local = ProjectorArgs::local("t");
+        assert_eq!(local.consumer.as_deref(), Some("t"));
+        assert_eq!(local.metrics_listen, "off");
+        assert_eq!(local.relay.batch, defaults.relay.batch);
+        assert_eq!(local.shutdown_grace_secs, defaults.shutdown_grace_secs);
+        assert!(local.claim_idle_ms < defaults.claim_idle_ms);
+        assert_eq!(local.check(), Ok(()));
+        assert_eq!(defaults.check(), Ok(()));
+    }
 }

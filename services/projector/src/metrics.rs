@@ -15,6 +15,11 @@ pub const POOL_IN_USE: &str = "yoink_pg_pool_in_use";
 pub const POOL_SIZE: &str = "yoink_pg_pool_size";
 /// 1 while a sale is suspended (Redis went back in time, a rebuild is due).
 pub const SUSPENDED: &str = "yoink_sale_suspended";
+/// A sale's projector task panicked and was started again.
+pub const TASK_RESTARTS: &str = "yoink_projector_task_restarts_total";
+/// Dead-lettered reservations whose units could not be given back: Redis's record of
+/// the reservation was unreadable (the units stay taken until a repair).
+pub const UNRELEASABLE: &str = "yoink_projector_unreleasable_total";
 
 pub fn event(outcome: &'static str, n: u64) {
     if n > 0 {
@@ -38,4 +43,12 @@ pub fn counter_dead_letter(sale: &yoink_core::SaleId) {
 
 pub fn suspended(sale: &yoink_core::SaleId, suspended: bool) {
     metrics::gauge!(SUSPENDED, "sale" => sale.to_string()).set(f64::from(u8::from(suspended)));
+}
+
+pub fn task_restarted(sale: &yoink_core::SaleId) {
+    metrics::counter!(TASK_RESTARTS, "sale" => sale.to_string()).increment(1);
+}
+
+pub fn unreleasable(sale: &yoink_core::SaleId) {
+    metrics::counter!(UNRELEASABLE, "sale" => sale.to_string()).increment(1);
 }

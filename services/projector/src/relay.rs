@@ -4,16 +4,55 @@
 //!
 //! At least once: a relay killed after `XADD` and before its commit publishes those
 //! rows again. Every event carries its unique `event_id`; consumers drop repeats by it.
-//! Never mark a row published before its `XADD` succeeded.
+//! While a store is down it retries with the shared backoff and says so once per
+//! outage, not once per attempt. Never mark a row published before its `XADD` succeeded.
 
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
+use yoink_core::backoff::Backoff;
 use yoink_core::{Keyspace, RedisConn};
 
 use crate::error::ProjectError;
 use crate::metrics;
+
+/// The relay's settings, the same flags in `yoink project` and `yoink relay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// Outbox rows published per relay transaction.
+    #[arg(
+        id = "relay_batch",
+        long = "relay-batch",
+        value_name = "RELAY_BATCH",
+        env = "YOINK_RELAY_BATCH",
+        default_value_t = 500
+    )]
+    pub batch: i64,
+    /// Milliseconds between relay passes when the outbox is drained.
+    #[arg(
+        id = "relay_interval_ms",
+        long = "relay-interval-ms",
+        value_name = "RELAY_INTERVAL_MS",
+        env = "YOINK_RELAY_INTERVAL_MS",
+        default_value_t = 200
+    )]
+    pub interval_ms: u64,
+}
+
+impl RelayArgs {
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// A batch of 0 or fewer rows would never drain the outbox (and 0 would spin).
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch <= 0 {
+            return Err(format!("--relay-batch ({}) must be > 0", self.batch));
+        }
+        Ok(())
+    }
+}
 
 /// Publishes one batch; returns how many rows it published.
 pub async fn publish_batch(
@@ -84,36 +123,52 @@ pub async fn unpublished(pool: &Pool) -> Result<i64, ProjectError> {
         .get(0))
 }
 
-/// Relays until shutdown; a full batch is followed at once by the next.
+/// Relays until shutdown; a full batch is followed at once by the next, a failure by a
+/// growing wait (reset by the next success).
 pub async fn run(
     pool: Pool,
     mut redis: RedisConn,
     keys: Keyspace,
-    batch: i64,
-    interval: Duration,
+    args: RelayArgs,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut backoff = Backoff::new();
+    let mut failing = false;
     let mut next_gauge = tokio::time::Instant::now();
     while !*shutdown.borrow() {
-        let published = match publish_batch(&pool, &mut redis, &keys, batch).await {
+        let published = match publish_batch(&pool, &mut redis, &keys, args.batch).await {
             Ok(n) => n,
             Err(err) => {
                 metrics::transient("relay");
-                tracing::warn!(error = %err, "Outbox relay failed; will retry.");
-                0
+                // Once per outage: a line per attempt would say nothing new.
+                if failing {
+                    tracing::debug!(error = %err, "Outbox relay still failing.");
+                } else {
+                    failing = true;
+                    tracing::warn!(error = %err, "Outbox relay failed; retrying with backoff.");
+                }
+                if backoff.wait(&mut shutdown).await {
+                    break;
+                }
+                continue;
             }
         };
+        if failing {
+            failing = false;
+            tracing::info!("Outbox relay publishing again.");
+        }
+        backoff.reset();
         if tokio::time::Instant::now() >= next_gauge {
             next_gauge = tokio::time::Instant::now() + Duration::from_secs(2);
             if let Ok(n) = unpublished(&pool).await {
                 ::metrics::gauge!(metrics::OUTBOX_UNPUBLISHED).set(n as f64);
             }
         }
-        if published as i64 >= batch {
+        if published as i64 >= args.batch {
             continue;
         }
         tokio::select! {
-            () = tokio::time::sleep(interval) => {},
+            () = tokio::time::sleep(args.interval()) => {},
             _ = shutdown.changed() => {},
         }
     }

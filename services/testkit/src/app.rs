@@ -243,7 +243,7 @@ impl RunningProjector {
         let (tx, rx) = oneshot::channel::<()>();
         let stores = stores.clone();
         let task = tokio::spawn(async move {
-            if let Err(err) = yoink_projector::run(&stores, args, async {
+            if let Err(err) = yoink_projector::run(&stores, args, None, async {
                 let _ = rx.await;
             })
             .await

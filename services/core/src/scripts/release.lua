@@ -18,6 +18,12 @@ Returns  {outcome, quantity}
          outcome "released": units went back on sale now, a `released` event was appended
          outcome "already":  this reservation was released before; nothing written
          outcome "unknown":  Redis holds no such reservation (nothing was taken); nothing written
+         outcome "malformed": the reservation's record cannot be read (it must be
+                             `state|user_id|quantity|stream_id|reserved_at_ms`, state
+                             `reserved` or `released`, a user, a quantity of 1 to 15
+                             digits); nothing written, nothing given back (quantity 0).
+                             Retrying cannot make it readable: the caller records that
+                             the units stay taken
 Errors   SALE_RECOVERING     the sale is suspended until Redis is rebuilt from PostgreSQL;
                              nothing written (the rebuild gives the units back from
                              PostgreSQL's ledger and marks the reservation released, so a
@@ -40,6 +46,13 @@ if not record then
   return {'unknown', 0}
 end
 local state, user_id, qty, stream_id, at = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+-- Give nothing back from a record that cannot be read: units it cannot count, or a buyer
+-- it cannot name, would break `stock = initial - reserved + released`. A Lua error here
+-- instead would fail every retry the same way, forever.
+if (state ~= 'reserved' and state ~= 'released') or user_id == ''
+    or not string.match(qty, '^[1-9][0-9]*$') or #qty > 15 then
+  return {'malformed', 0}
+end
 if state == 'released' then
   return {'already', tonumber(qty)}
 end

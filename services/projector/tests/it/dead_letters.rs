@@ -253,3 +253,136 @@ async fn concurrent_dead_letters_of_one_entry_release_its_units_once() {
         .count();
     assert_eq!(released_events, 1);
 }
+
+/// The value of `metric{sale="<sale>"}` in the process's Prometheus page (0 when absent).
+fn sale_counter(metric: &str, sale: &SaleId) -> f64 {
+    let prefix = format!("{metric}{{sale=\"{sale}\"}} ");
+    yoink_core::telemetry::prometheus()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_reservation_whose_record_is_unreadable_ends_dead_lettered_and_acknowledged() {
+    // The recorder must exist before the projector counts anything.
+    let _ = yoink_core::telemetry::prometheus();
+    let app = spawn_app().await;
+    let sale = redis_only_sale(&app, "unreadable-record", 10).await;
+    let id = reserve(&app, &sale, "buyer", 3).await;
+    let mut redis = app.redis.clone();
+    let _: () = redis
+        .hset(
+            app.keys().reservations(&sale),
+            id.to_string(),
+            "not|a record",
+        )
+        .await
+        .expect("overwrite the record");
+    let before = sale_counter("yoink_projector_unreleasable_total", &sale);
+
+    let projector = app.projector_with(fast_args("p"));
+    let drained = app.wait_drained(&sale, Duration::from_secs(20)).await;
+    projector.stop().await;
+    assert!(
+        drained,
+        "the entry never reached a terminal state: {:?}",
+        app.group_state(&sale).await
+    );
+
+    let dead: redis::streams::StreamRangeReply = redis
+        .xrange_all(app.keys().dead_letters(&sale))
+        .await
+        .expect("xrange");
+    let reasons: Vec<String> = dead
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<String>("dead_reason"))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unreadable") && r.contains("nothing was given back")),
+        "{reasons:?}"
+    );
+    assert!(
+        dead.ids
+            .iter()
+            .all(|e| e.get::<String>("reservation_id") == Some(id.to_string())),
+        "every dead-letter copy is of this entry"
+    );
+    assert_eq!(remaining(&app, &sale).await, 7, "nothing was given back");
+    assert!(
+        sale_counter("yoink_projector_unreleasable_total", &sale) > before,
+        "the unreleasable entry was not counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_release_script_answers_malformed_for_an_unreadable_record_and_writes_nothing() {
+    let app = spawn_app().await;
+    let sale = redis_only_sale(&app, "garbled", 10).await;
+    let mut redis = app.redis.clone();
+    for garbage in [
+        "",
+        "garbage",
+        "reserved|u|x|1-0|1",
+        "reserved||2|1-0|1",
+        "sold|u|2|1-0|1",
+    ] {
+        let id = reserve(&app, &sale, "buyer", 2).await;
+        let _: () = redis
+            .hset(app.keys().reservations(&sale), id.to_string(), garbage)
+            .await
+            .expect("overwrite the record");
+        let length: usize = redis.xlen(app.keys().events(&sale)).await.expect("xlen");
+        let stock = remaining(&app, &sale).await;
+
+        let outcome = scripts::release(&mut redis, app.keys(), &sale, id, "test")
+            .await
+            .expect("an answer, not an error");
+        assert_eq!(outcome, ReleaseOutcome::Malformed, "{garbage:?}");
+        assert_eq!(remaining(&app, &sale).await, stock, "{garbage:?}");
+        let after: usize = redis.xlen(app.keys().events(&sale)).await.expect("xlen");
+        assert_eq!(after, length, "no event for {garbage:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_recorded_in_postgres_but_never_applied_in_redis_is_applied_on_redelivery() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("half-released", 10, 0).await;
+    let rid = reserve(&app, &sale, "u1", 3).await;
+    assert_eq!(remaining(&app, &sale).await, 7);
+    // A dead letter recorded the fate `released` and then its release script failed
+    // (a timeout, a suspended sale): PostgreSQL says released, Redis still holds the
+    // units, and the entry is still in the stream.
+    let mut redis = app.redis.clone();
+    let entries = yoink_core::stream::read_range(&mut redis, &app.keys().events(&sale), "-", "+")
+        .await
+        .expect("XRANGE");
+    let (stream_id, reserved) = yoink_core::stream::reservations(&entries)
+        .into_iter()
+        .find(|(_, r)| r.reservation_id == rid)
+        .expect("the reservation's entry");
+    let fate = yoink_core::ledger::release(&app.db.pool(), &stream_id, &reserved, "refused")
+        .await
+        .expect("record the fate");
+    assert_eq!(fate, yoink_core::ledger::Fate::Released);
+    assert_eq!(remaining(&app, &sale).await, 7, "Redis was not told");
+
+    let projector = app.projector_with(fast_args("finisher"));
+    assert!(app.wait_drained(&sale, Duration::from_secs(20)).await);
+    projector.stop().await;
+    assert_eq!(
+        remaining(&app, &sale).await,
+        10,
+        "the released units are back on sale"
+    );
+    let again = scripts::release(&mut redis, app.keys(), &sale, rid, "again")
+        .await
+        .expect("release again");
+    assert_eq!(again, ReleaseOutcome::AlreadyReleased(3), "and only once");
+}

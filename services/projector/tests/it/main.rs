@@ -4,3 +4,4 @@
 mod dead_letters;
 mod faults;
 mod projection;
+mod relay;
