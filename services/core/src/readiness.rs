@@ -94,12 +94,7 @@ fn log(name: &'static str, change: Option<Change>, error: &str) {
 }
 
 /// Probes both stores every `every` until `stop` turns true (first probe at once).
-pub async fn probe(
-    redis: RedisConn,
-    pool: Pool,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn probe(redis: RedisConn, pool: Pool, every: Duration, mut stop: watch::Receiver<bool>) {
     let timeout = every.max(Duration::from_millis(500));
     loop {
         let mut conn = redis.clone();

@@ -50,19 +50,19 @@ pub enum ReconcileError {
     Output(#[from] std::io::Error),
     #[error("encoding the report: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("binding the metrics listener on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    MetricsListen(#[from] yoink_core::telemetry::MetricsListenError),
+    #[error("{0}")]
+    BadFlag(&'static str),
+    #[error("publishing the metrics address (--metrics-sd-dir): {0}")]
+    Publish(#[source] std::io::Error),
 }
 
 impl ReconcileError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ReconcileError::BadSaleId { .. } => exit::USAGE,
+            ReconcileError::BadSaleId { .. } | ReconcileError::BadFlag(_) => exit::USAGE,
             ReconcileError::UnknownSale(_) => exit::UNKNOWN_SALE,
             _ => exit::STORE,
         }

@@ -140,14 +140,19 @@ pub async fn watch(
     stores: &StoreArgs,
     args: &ReconcileArgs,
     every: Duration,
+    sd_dir: Option<&std::path::Path>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReconcileError> {
-    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
-        .await
-        .map_err(|source| ReconcileError::Bind {
-            addr: args.metrics_listen.to_string(),
-            source,
-        })?;
+    let listener = telemetry::bind_metrics(&args.metrics_listen.to_string(), "reconciler")
+        .await?
+        .ok_or_else(|| ReconcileError::BadFlag("--watch needs a --metrics-listen address"))?;
+    let _published = match (sd_dir, listener.local_addr()) {
+        (Some(dir), Ok(addr)) => Some(
+            telemetry::ScrapeTarget::publish(dir, "reconciler", addr)
+                .map_err(ReconcileError::Publish)?,
+        ),
+        _ => None,
+    };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(telemetry::serve_metrics(listener, async move {
         let _ = stop_rx.changed().await;

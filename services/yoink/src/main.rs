@@ -11,8 +11,8 @@ use yoink_api::ApiArgs;
 use yoink_core::backoff::Backoff;
 use yoink_core::sales::{self, NewSale};
 use yoink_core::scripts::SaleTerms;
-use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db, readiness, shutdown};
-use yoink_projector::ProjectorArgs;
+use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, TelemetryArgs, db, readiness, shutdown};
+use yoink_projector::{ProjectorArgs, RelayArgs};
 use yoink_reconciler::ReconcileArgs;
 
 #[derive(Debug, Parser)]
@@ -20,6 +20,8 @@ use yoink_reconciler::ReconcileArgs;
 struct Cli {
     #[command(flatten)]
     stores: StoreArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +37,16 @@ enum Command {
         /// Do not apply migrations on start.
         #[arg(long, env = "YOINK_NO_MIGRATE")]
         no_migrate: bool,
+        /// This process's own metrics listener ("off" to disable). `/metrics` on the API
+        /// port answers too, but with several `serve` processes sharing that port it
+        /// reaches any of them; scrape this one. Taken by another process: a port the
+        /// OS picks (logged, and published with --metrics-sd-dir).
+        #[arg(
+            long,
+            env = "YOINK_API_METRICS_LISTEN",
+            default_value = "127.0.0.1:9103"
+        )]
+        metrics_listen: String,
     },
     /// Run a projector: stream entries -> orders in PostgreSQL (and the outbox relay).
     Project {
@@ -42,13 +54,15 @@ enum Command {
         args: ProjectorArgs,
     },
     /// Run only the outbox relay (publishes order events to the order-events stream).
+    // The flags are `yoink project`'s; `--batch` and `--interval-ms`, this command's
+    // names before, stay as hidden aliases so existing scripts keep working.
+    #[command(
+        mut_arg("relay_batch", |arg| arg.alias("batch")),
+        mut_arg("relay_interval_ms", |arg| arg.alias("interval-ms"))
+    )]
     Relay {
-        /// Outbox rows published per transaction.
-        #[arg(long, env = "YOINK_RELAY_BATCH", default_value_t = 500)]
-        batch: i64,
-        /// Milliseconds between passes when the outbox is drained.
-        #[arg(long, env = "YOINK_RELAY_INTERVAL_MS", default_value_t = 200)]
-        interval_ms: u64,
+        #[command(flatten)]
+        args: RelayArgs,
     },
     /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged, oversold, recovering
     /// or data lost, 2 a store could not be read, 3 no such sale, 64 a wrong command line.
@@ -108,7 +122,9 @@ async fn main() {
     });
     let checked = cli.stores.check().and_then(|()| match &cli.command {
         Command::Project { args } => args.check(),
+        Command::Relay { args } => args.check(),
         Command::Reconcile { args } => args.check(),
+        Command::Serve { api, .. } => api.check().map_err(|e| e.to_string()),
         _ => Ok(()),
     });
     if let Err(why) = checked {
@@ -117,10 +133,23 @@ async fn main() {
     }
     let outcome = match cli.command {
         Command::Migrate => migrate(&cli.stores).await,
-        Command::Serve { api, no_migrate } => serve(&cli.stores, api, no_migrate).await,
-        Command::Project { args } => project(&cli.stores, args).await,
-        Command::Relay { batch, interval_ms } => relay(&cli.stores, batch, interval_ms).await,
-        Command::Reconcile { args } => reconcile(&cli.stores, args).await,
+        Command::Serve {
+            api,
+            no_migrate,
+            metrics_listen,
+        } => {
+            serve(
+                &cli.stores,
+                &cli.telemetry,
+                api,
+                no_migrate,
+                &metrics_listen,
+            )
+            .await
+        }
+        Command::Project { args } => project(&cli.stores, &cli.telemetry, args).await,
+        Command::Relay { args } => relay(&cli.stores, args).await,
+        Command::Reconcile { args } => reconcile(&cli.stores, &cli.telemetry, args).await,
         Command::Sale {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
@@ -199,14 +228,23 @@ fn probe_stores(
     )))
 }
 
-async fn project(stores: &StoreArgs, args: ProjectorArgs) -> anyhow::Result<()> {
+async fn project(
+    stores: &StoreArgs,
+    telemetry: &TelemetryArgs,
+    args: ProjectorArgs,
+) -> anyhow::Result<()> {
     migrate_when_reachable(stores).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let redis = RedisConn::open(stores).await.context("opening Redis")?;
     let probe = probe_stores(redis, stores, stop_rx)?;
-    let outcome = yoink_projector::run(stores, args, shutdown::signal())
-        .await
-        .context("projector");
+    let outcome = yoink_projector::run(
+        stores,
+        args,
+        telemetry.metrics_sd_dir.as_deref(),
+        shutdown::signal(),
+    )
+    .await
+    .context("projector");
     let _ = stop_tx.send(true);
     let _ = probe.await;
     outcome
@@ -222,10 +260,34 @@ async fn migrate(stores: &StoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(stores: &StoreArgs, api: ApiArgs, no_migrate: bool) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(api.listen)
-        .await
-        .with_context(|| format!("binding {}", api.listen))?;
+async fn serve(
+    stores: &StoreArgs,
+    telemetry: &TelemetryArgs,
+    api: ApiArgs,
+    no_migrate: bool,
+    metrics_listen: &str,
+) -> anyhow::Result<()> {
+    let listener = bind_shared(api.listen).with_context(|| format!("binding {}", api.listen))?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let (metrics, _published) = match yoink_core::telemetry::bind_metrics(metrics_listen, "api")
+        .await?
+    {
+        Some(metrics) => {
+            let published = match (&telemetry.metrics_sd_dir, metrics.local_addr()) {
+                (Some(dir), Ok(addr)) => Some(
+                    yoink_core::telemetry::ScrapeTarget::publish(dir, "api", addr)
+                        .context("publishing the metrics address")?,
+                ),
+                _ => None,
+            };
+            let mut stopped = metrics_stopped.clone();
+            let task = tokio::spawn(yoink_core::telemetry::serve_metrics(metrics, async move {
+                let _ = stopped.changed().await;
+            }));
+            (Some(task), published)
+        }
+        None => (None, None),
+    };
     if !no_migrate {
         migrate_when_reachable(stores).await?;
     }
@@ -245,8 +307,28 @@ async fn serve(stores: &StoreArgs, api: ApiArgs, no_migrate: bool) -> anyhow::Re
         "Serving the API."
     );
     yoink_api::run(listener, state, api, shutdown::signal()).await;
+    let _ = metrics_stop.send(true);
+    if let Some(task) = metrics {
+        let _ = task.await;
+    }
     tracing::info!("API stopped.");
     Ok(())
+}
+
+/// The API's listener, with SO_REUSEPORT: several `serve` processes on one host share
+/// the port and the kernel spreads connections among them (one process per core, or a
+/// rolling restart with no refused connection). Only processes of the same user can
+/// join a port this way.
+fn bind_shared(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result<()> {
@@ -279,29 +361,30 @@ async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result
     Ok(())
 }
 
-async fn relay(stores: &StoreArgs, batch: i64, interval_ms: u64) -> anyhow::Result<()> {
-    migrate(stores).await?;
+async fn relay(stores: &StoreArgs, args: RelayArgs) -> anyhow::Result<()> {
+    migrate_when_reachable(stores).await?;
     let redis = RedisConn::open(stores).await.context("opening Redis")?;
     let pool = db::pool(&stores.database_url, 2)?;
     let keys = Keyspace::new(stores.key_prefix.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probe = probe_stores(redis.clone(), stores, stop_rx.clone())?;
     let relay = tokio::spawn(yoink_projector::relay::run(
-        pool,
-        redis,
-        keys,
-        batch,
-        std::time::Duration::from_millis(interval_ms),
-        stop_rx,
+        pool, redis, keys, args, stop_rx,
     ));
     shutdown::signal().await;
     let _ = stop_tx.send(true);
     relay.await.context("relay task")?;
+    let _ = probe.await;
     Ok(())
 }
 
 /// Exit codes are the interface here (0 consistent, 1 flagged, 2 a store could not be
 /// read, 3 unknown sale; 64 for a wrong command line), so this ends the process itself.
-async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()> {
+async fn reconcile(
+    stores: &StoreArgs,
+    telemetry: &TelemetryArgs,
+    args: ReconcileArgs,
+) -> anyhow::Result<()> {
     let outcome = match args.watch {
         Some(secs) => {
             // A watcher starts whatever the stores' state; each pass opens them again.
@@ -312,6 +395,7 @@ async fn reconcile(stores: &StoreArgs, args: ReconcileArgs) -> anyhow::Result<()
                 stores,
                 &args,
                 std::time::Duration::from_secs(secs.max(1)),
+                telemetry.metrics_sd_dir.as_deref(),
                 shutdown::signal(),
             )
             .await
