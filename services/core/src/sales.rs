@@ -17,9 +17,9 @@ use crate::keys::Keyspace;
 use crate::redis_store::RedisConn;
 use crate::scripts::{self, SaleInRedis, SaleTerms};
 
-/// A sale to create.
+/// The command to create a sale (`POST /sales`, `yoink sale create`).
 #[derive(Debug, Clone)]
-pub struct NewSale {
+pub struct CreateSale {
     pub sale_id: SaleId,
     pub terms: SaleTerms,
 }
@@ -58,7 +58,7 @@ impl From<deadpool_postgres::PoolError> for SaleError {
     }
 }
 
-impl NewSale {
+impl CreateSale {
     fn check(&self) -> Result<(), SaleError> {
         let t = &self.terms;
         if !(0..=MAX_UNITS).contains(&t.initial_stock) {
@@ -102,7 +102,7 @@ pub async fn create_sale(
     redis: &mut RedisConn,
     keys: &Keyspace,
     pool: &Pool,
-    sale: &NewSale,
+    sale: &CreateSale,
 ) -> Result<(), SaleError> {
     sale.check()?;
     let db = pool.get().await?;
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn refuses_times_postgres_cannot_store() {
-        let sale = |starts_at_ms, ends_at_ms| NewSale {
+        let sale = |starts_at_ms, ends_at_ms| CreateSale {
             sale_id: SaleId::parse("s").expect("valid id"),
             terms: SaleTerms {
                 initial_stock: 1,
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn refuses_counts_the_lua_scripts_cannot_hold_exactly() {
-        let sale = |initial_stock, limit_per_user| NewSale {
+        let sale = |initial_stock, limit_per_user| CreateSale {
             sale_id: SaleId::parse("s").expect("valid id"),
             terms: SaleTerms {
                 initial_stock,

@@ -22,7 +22,7 @@ use yoink_core::{SaleId, StoreArgs, telemetry};
 
 use crate::error::ReconcileError;
 pub use crate::report::render;
-use crate::report::{Divergence, SaleReport, Status};
+use crate::report::{SaleReport, Status};
 use crate::stores::Stores;
 
 /// `yoink reconcile` settings.
@@ -158,7 +158,7 @@ pub async fn watch(
         let _ = stop_rx.changed().await;
     }));
     let grace = Duration::from_secs(args.grace);
-    let mut first_seen: HashMap<SaleId, (Divergence, Instant)> = HashMap::new();
+    let mut first_seen: HashMap<SaleId, (SaleReport, Instant)> = HashMap::new();
     let mut stores_open: Option<Stores> = None;
     let mut failing = false;
     tokio::pin!(shutdown);
@@ -174,9 +174,9 @@ pub async fn watch(
                 if report.status == Status::Unsettled {
                     let entry = first_seen
                         .entry(report.sale_id.clone())
-                        .or_insert((report.divergence, Instant::now()));
-                    if entry.0 != report.divergence {
-                        *entry = (report.divergence, Instant::now());
+                        .or_insert((report.clone(), Instant::now()));
+                    if !report.held_still_since(&entry.0) {
+                        *entry = (report.clone(), Instant::now());
                     }
                     if entry.1.elapsed() >= grace {
                         report.status = report.held_status();

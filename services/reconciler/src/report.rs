@@ -146,9 +146,12 @@ impl SaleReport {
             Status::Oversold
         } else if postgres.lost_reservations > 0 {
             Status::DataLost
-        } else if !divergence.is_zero() || redis.is_behind(&postgres) {
+        } else if !divergence.is_zero() || redis.is_behind(&postgres) || pending_release > 0 {
+            // A release PostgreSQL decided and Redis has not applied is normally a
+            // dead letter between its two steps (milliseconds); one that holds still
+            // was lost (its release script failed and nothing retries it).
             Status::Unsettled
-        } else if redis.in_flight_units > 0 || pending_release > 0 {
+        } else if redis.in_flight_units > 0 {
             Status::InFlight
         } else {
             Status::Consistent
@@ -167,15 +170,21 @@ impl SaleReport {
     }
 
     /// Called with the same sale measured `grace` later: a sale still suspended (or
-    /// behind PostgreSQL) is `Recovering`; a divergence that stayed the same is
-    /// confirmed (`Diverged`); one that moved stays `Unsettled`.
+    /// behind PostgreSQL) is `Recovering`; a divergence (or a release not applied) that
+    /// stayed the same is confirmed (`Diverged`); one that moved stays `Unsettled`.
     pub fn settle(mut self, earlier: &SaleReport) -> Self {
         if self.status == Status::Unsettled
-            && (self.redis.is_behind(&self.postgres) || self.divergence == earlier.divergence)
+            && (self.redis.is_behind(&self.postgres) || self.held_still_since(earlier))
         {
             self.status = self.held_status();
         }
         self
+    }
+
+    /// The figures that must not move for a divergence to count are those of `earlier`.
+    pub fn held_still_since(&self, earlier: &SaleReport) -> bool {
+        self.divergence == earlier.divergence
+            && self.pending_release_units == earlier.pending_release_units
     }
 
     /// What an unsettled sale is once it held for the grace period.
@@ -328,10 +337,18 @@ mod tests {
         // 10 taken, 3 released (back in stock), 7 confirmed.
         let r = SaleReport::compute(&sale(), redis(10, 3, 10, 3, 0), pg(10, 7, 3));
         assert_eq!(r.status, Status::Consistent, "{r:?}");
-        // PostgreSQL released 3 that Redis has not given back yet: in flight.
-        let r = SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg(10, 7, 3));
-        assert_eq!(r.status, Status::InFlight);
-        assert_eq!(r.pending_release_units, 3);
+        // PostgreSQL released 3 that Redis has not given back yet: a dead letter
+        // between its two steps, or one whose release script failed for good.
+        let first = SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg(10, 7, 3));
+        assert_eq!(first.status, Status::Unsettled);
+        assert_eq!(first.pending_release_units, 3);
+        assert!(first.divergence.is_zero(), "the units are accounted for");
+        let still = SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg(10, 7, 3));
+        let settled = still.settle(&first);
+        assert_eq!(settled.status, Status::Diverged, "held still: flagged");
+        assert!(settled.status.is_repairable());
+        let applied = SaleReport::compute(&sale(), redis(10, 3, 10, 3, 0), pg(10, 7, 3));
+        assert_eq!(applied.settle(&first).status, Status::Consistent);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use yoink_api::ApiArgs;
-use yoink_core::sales::{self, NewSale};
+use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs};
 
@@ -124,7 +124,7 @@ impl TestApp {
             &mut redis,
             self.keys(),
             &pool,
-            &NewSale {
+            &CreateSale {
                 sale_id: sale_id.clone(),
                 terms: SaleTerms {
                     initial_stock: stock,
@@ -265,7 +265,7 @@ impl TestApp {
         let user = yoink_core::UserId::parse(user).expect("test user ids are valid");
         let mut redis = self.redis.clone();
         let request = yoink_core::scripts::Reserve {
-            reservation_id: yoink_core::ReservationId::new(),
+            reservation_id: yoink_core::ReservationId::for_sale(sale),
             sale_id: sale,
             user_id: &user,
             quantity,

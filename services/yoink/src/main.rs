@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use yoink_api::ApiArgs;
 use yoink_core::backoff::Backoff;
-use yoink_core::sales::{self, NewSale};
+use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, TelemetryArgs, db, readiness, shutdown};
 use yoink_projector::{ProjectorArgs, RelayArgs};
@@ -341,7 +341,7 @@ async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result
             .map(|t| t.unwrap_or(0))
             .map_err(anyhow::Error::from)
     };
-    let sale = NewSale {
+    let sale = CreateSale {
         sale_id,
         terms: SaleTerms {
             initial_stock: args.stock,

@@ -8,7 +8,7 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use yoink_core::SaleId;
-use yoink_core::sales::{self, NewSale};
+use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 
 use crate::body::{parse_json, read_json_body};
@@ -36,7 +36,7 @@ impl TimeInput {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateSale {
+struct CreateSaleRequest {
     sale_id: SaleId,
     stock: i64,
     #[serde(default)]
@@ -67,8 +67,8 @@ fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> 
 pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
     authorize(state, &req)?;
     let body = read_json_body(req).await?;
-    let input: CreateSale = parse_json(&body)?;
-    let sale = NewSale {
+    let input: CreateSaleRequest = parse_json(&body)?;
+    let sale = CreateSale {
         sale_id: input.sale_id,
         terms: SaleTerms {
             initial_stock: input.stock,

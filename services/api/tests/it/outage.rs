@@ -104,7 +104,7 @@ async fn postgres_unreachable_makes_readyz_503_and_buy_still_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reply_lost_to_a_timeout_is_retried_without_taking_stock_twice() {
-    // The trap from DEPENDENCY-NOTES: the client times out after Redis already ran the
+    // The trap of a response timeout under load: the client times out after Redis ran the
     // script. A private Redis is stalled with DEBUG SLEEP past the client timeout.
     let redis = PrivateRedis::start_with(&["--enable-debug-command", "yes"]).await;
     let app = spawn_app_with(AppOptions {

@@ -13,7 +13,7 @@ KEYS[4]  idempotency   hash    Idempotency-Key -> reservation_id
 KEYS[5]  reservations  hash    reservation_id -> "state|user_id|quantity|stream_id|reserved_at_ms"
 KEYS[6]  events        stream  the sale's event stream (XADD, never trimmed here)
 
-ARGV[1]  reservation_id   UUID v7 made by the caller before the call; the script is
+ARGV[1]  reservation_id   UUID made by the caller before the call; the script is
                           idempotent on it, so a call whose reply was lost is retried safely
 ARGV[2]  sale_id
 ARGV[3]  user_id

@@ -293,3 +293,51 @@ async fn a_typo_in_the_sale_exits_3_and_a_wrong_command_line_64_not_like_an_outa
     let (code, _, text) = reconcile(&app, &["--sale", "real"]);
     assert_eq!(code, 0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_postgres_recorded_and_redis_never_applied_is_flagged_and_repaired() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("unreleased", 10, 0).await;
+    assert!(app.reserve_direct(&sale, "u1", 3).await);
+    let mut redis = app.redis.clone();
+    let stream = app.keys().events(&sale);
+    let entries = yoink_core::stream::read_range(&mut redis, &stream, "-", "+")
+        .await
+        .expect("XRANGE");
+    let (stream_id, reserved) = yoink_core::stream::reservations(&entries)
+        .pop()
+        .expect("the reservation");
+    // A dead letter recorded `released`, its release script failed, and the entry was
+    // acknowledged anyway (as older projectors did): no redelivery will heal it.
+    yoink_core::ledger::release(&app.db.pool(), &stream_id, &reserved, "refused")
+        .await
+        .expect("record the fate");
+    yoink_core::stream::ensure_group(&mut redis, &stream)
+        .await
+        .expect("group");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            yoink_core::keys::PROJECTOR_GROUP,
+            "test",
+            "STREAMS",
+            &stream,
+            ">",
+        ])
+        .query_async(&mut redis)
+        .await
+        .expect("XREADGROUP");
+    let _: i64 = redis
+        .xack(&stream, yoink_core::keys::PROJECTOR_GROUP, &[&stream_id])
+        .await
+        .expect("XACK");
+
+    let (code, reports, text) = reconcile(&app, &["--sale", "unreleased"]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(reports[0]["status"], "diverged", "{text}");
+    assert_eq!(reports[0]["pending_release_units"], 3, "{text}");
+
+    let (code, reports, text) = reconcile(&app, &["--sale", "unreleased", "--repair", "--yes"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(reports[0]["redis"]["remaining"], 10, "{text}");
+}
