@@ -21,7 +21,6 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches};
 use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -90,18 +89,7 @@ impl ProjectorArgs {
     /// Every setting at its default, as `yoink project` with no flags: taken from the
     /// flag definitions above, never from the environment.
     pub fn defaults() -> Self {
-        #[derive(clap::Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            args: ProjectorArgs,
-        }
-        let matches = Defaults::command()
-            .mut_args(|arg| arg.env(None))
-            .try_get_matches_from(["yoink-project"])
-            .expect("every projector flag has a default or is optional");
-        Defaults::from_arg_matches(&matches)
-            .expect("matches of the command derived from the same struct")
-            .args
+        yoink_core::config::clap_defaults()
     }
 
     /// The defaults with a consumer name, no metrics listener and timings short enough

@@ -321,13 +321,16 @@ impl TestApp {
 
 impl TestApp {
     /// The `yoink` binary (`bin`, from `env!("CARGO_BIN_EXE_yoink")`) set up to use this
-    /// app's database, Redis and key prefix, with no metrics listener.
+    /// app's database, Redis and key prefix, with no metrics listeners (a test passes
+    /// `--metrics-listen` where it wants one).
     pub fn yoink_command(&self, bin: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new(bin);
         cmd.env("DATABASE_URL", &self.stores.database_url)
             .env("REDIS_URL", &self.stores.redis_url)
             .env("YOINK_KEY_PREFIX", &self.stores.key_prefix)
             .env("YOINK_PROJECTOR_METRICS_LISTEN", "off")
+            .env("YOINK_API_METRICS_LISTEN", "off")
+            .env("YOINK_RELAY_METRICS_LISTEN", "off")
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null());
         cmd

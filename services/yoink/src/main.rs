@@ -63,6 +63,15 @@ enum Command {
     Relay {
         #[command(flatten)]
         args: RelayArgs,
+        /// Where this process serves /metrics and /readyz ("off" to disable); taken by
+        /// another process: a port the OS picks (logged, and published with
+        /// --metrics-sd-dir).
+        #[arg(
+            long,
+            env = "YOINK_RELAY_METRICS_LISTEN",
+            default_value = "127.0.0.1:9104"
+        )]
+        metrics_listen: String,
     },
     /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged, oversold, recovering
     /// or data lost, 2 a store could not be read, 3 no such sale, 64 a wrong command line.
@@ -122,7 +131,7 @@ async fn main() {
     });
     let checked = cli.stores.check().and_then(|()| match &cli.command {
         Command::Project { args } => args.check(),
-        Command::Relay { args } => args.check(),
+        Command::Relay { args, .. } => args.check(),
         Command::Reconcile { args } => args.check(),
         Command::Serve { api, .. } => api.check().map_err(|e| e.to_string()),
         _ => Ok(()),
@@ -148,7 +157,10 @@ async fn main() {
             .await
         }
         Command::Project { args } => project(&cli.stores, &cli.telemetry, args).await,
-        Command::Relay { args } => relay(&cli.stores, args).await,
+        Command::Relay {
+            args,
+            metrics_listen,
+        } => relay(&cli.stores, &cli.telemetry, args, &metrics_listen).await,
         Command::Reconcile { args } => reconcile(&cli.stores, &cli.telemetry, args).await,
         Command::Sale {
             command: SaleCommand::Create(args),
@@ -269,25 +281,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let listener = bind_shared(api.listen).with_context(|| format!("binding {}", api.listen))?;
     let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
-    let (metrics, _published) = match yoink_core::telemetry::bind_metrics(metrics_listen, "api")
-        .await?
-    {
-        Some(metrics) => {
-            let published = match (&telemetry.metrics_sd_dir, metrics.local_addr()) {
-                (Some(dir), Ok(addr)) => Some(
-                    yoink_core::telemetry::ScrapeTarget::publish(dir, "api", addr)
-                        .context("publishing the metrics address")?,
-                ),
-                _ => None,
-            };
-            let mut stopped = metrics_stopped.clone();
-            let task = tokio::spawn(yoink_core::telemetry::serve_metrics(metrics, async move {
-                let _ = stopped.changed().await;
-            }));
-            (Some(task), published)
-        }
-        None => (None, None),
-    };
+    let metrics = OwnMetrics::start(metrics_listen, "api", telemetry, metrics_stopped).await?;
     if !no_migrate {
         migrate_when_reachable(stores).await?;
     }
@@ -308,11 +302,52 @@ async fn serve(
     );
     yoink_api::run(listener, state, api, shutdown::signal()).await;
     let _ = metrics_stop.send(true);
-    if let Some(task) = metrics {
-        let _ = task.await;
-    }
+    metrics.stopped().await;
     tracing::info!("API stopped.");
     Ok(())
+}
+
+/// A process's own metrics listener (`/metrics`, `/readyz`) and its published address,
+/// for the commands whose library does not open one itself.
+struct OwnMetrics {
+    task: Option<tokio::task::JoinHandle<()>>,
+    _published: Option<yoink_core::telemetry::ScrapeTarget>,
+}
+
+impl OwnMetrics {
+    async fn start(
+        listen: &str,
+        role: &str,
+        telemetry: &TelemetryArgs,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let Some(listener) = yoink_core::telemetry::bind_metrics(listen, role).await? else {
+            return Ok(Self {
+                task: None,
+                _published: None,
+            });
+        };
+        let published = match (&telemetry.metrics_sd_dir, listener.local_addr()) {
+            (Some(dir), Ok(addr)) => Some(
+                yoink_core::telemetry::ScrapeTarget::publish(dir, role, addr)
+                    .context("publishing the metrics address")?,
+            ),
+            _ => None,
+        };
+        let task = tokio::spawn(yoink_core::telemetry::serve_metrics(listener, async move {
+            let _ = stop.changed().await;
+        }));
+        Ok(Self {
+            task: Some(task),
+            _published: published,
+        })
+    }
+
+    async fn stopped(self) {
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
 }
 
 /// The API's listener, with SO_REUSEPORT: several `serve` processes on one host share
@@ -361,12 +396,18 @@ async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result
     Ok(())
 }
 
-async fn relay(stores: &StoreArgs, args: RelayArgs) -> anyhow::Result<()> {
+async fn relay(
+    stores: &StoreArgs,
+    telemetry: &TelemetryArgs,
+    args: RelayArgs,
+    metrics_listen: &str,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = OwnMetrics::start(metrics_listen, "relay", telemetry, stop_rx.clone()).await?;
     migrate_when_reachable(stores).await?;
     let redis = RedisConn::open(stores).await.context("opening Redis")?;
     let pool = db::pool(&stores.database_url, 2)?;
     let keys = Keyspace::new(stores.key_prefix.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let probe = probe_stores(redis.clone(), stores, stop_rx.clone())?;
     let relay = tokio::spawn(yoink_projector::relay::run(
         pool, redis, keys, args, stop_rx,
@@ -375,6 +416,7 @@ async fn relay(stores: &StoreArgs, args: RelayArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     relay.await.context("relay task")?;
     let _ = probe.await;
+    metrics.stopped().await;
     Ok(())
 }
 

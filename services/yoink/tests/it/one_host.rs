@@ -1,4 +1,4 @@
-//! Several `serve`, `project` and `reconcile --watch` processes side by side on one
+//! Several `serve`, `project`, `relay` and `reconcile --watch` processes side by side on one
 //! host, with the same (default-like) flags: all stay up, the API port is shared, each
 //! process's metrics are reachable on their own port, and `--metrics-sd-dir` tells
 //! Prometheus where.
@@ -28,12 +28,17 @@ impl Running {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_of_each_process_run_side_by_side_with_the_same_flags() {
+async fn two_of_each_long_running_process_run_side_by_side_with_the_same_flags() {
     let app = spawn_app().await;
     app.create_sale("shared", 1_000, 0).await;
     let sd_dir = tempfile::tempdir().expect("temp dir");
-    let (api_port, api_metrics, project_metrics, watch_metrics) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (api_port, api_metrics, project_metrics, watch_metrics, relay_metrics) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let start = |args: Vec<String>| {
         let child = app
             .yoink_command(YOINK)
@@ -70,6 +75,13 @@ async fn two_of_each_process_run_side_by_side_with_the_same_flags() {
             format!("127.0.0.1:{watch_metrics}"),
         ]
     };
+    let relay = || {
+        vec![
+            "relay".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{relay_metrics}"),
+        ]
+    };
     let mut processes = [
         start(serve()),
         start(serve()),
@@ -77,11 +89,13 @@ async fn two_of_each_process_run_side_by_side_with_the_same_flags() {
         start(project()),
         start(watch()),
         start(watch()),
+        start(relay()),
+        start(relay()),
     ];
 
-    // Six target files: one per process, each naming a distinct address.
+    // Eight target files: one per process, each naming a distinct address.
     let published = eventually(Duration::from_secs(20), || async {
-        std::fs::read_dir(sd_dir.path()).map_or(0, |d| d.count()) >= 6
+        std::fs::read_dir(sd_dir.path()).map_or(0, |d| d.count()) >= 8
     })
     .await;
     let targets: Vec<String> = std::fs::read_dir(sd_dir.path())
@@ -98,7 +112,7 @@ async fn two_of_each_process_run_side_by_side_with_the_same_flags() {
     let mut distinct = targets.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), 6, "{targets:?}");
+    assert_eq!(distinct.len(), 8, "{targets:?}");
     for target in &targets {
         let answered = eventually(Duration::from_secs(10), || async {
             reqwest::get(format!("http://{target}/metrics"))

@@ -87,7 +87,7 @@ fn occurrences(text: &str, needle: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_then_work() {
+async fn serve_project_relay_and_watch_started_while_postgres_is_down_wait_for_it_and_then_work() {
     let pg = PrivatePostgres::start().await;
     pg.stop();
     let redis = PrivateRedis::start().await;
@@ -102,7 +102,8 @@ async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_
         ("REDIS_URL", redis.url()),
         ("YOINK_KEY_PREFIX", prefix.clone()),
     ];
-    let (project_port, watch_port, api_port) = (free_port(), free_port(), free_port());
+    let (project_port, watch_port, api_port, relay_port) =
+        (free_port(), free_port(), free_port(), free_port());
     let mut project = Process::start(
         &env,
         &[
@@ -125,12 +126,21 @@ async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_
         &env,
         &["serve", "--listen", &format!("127.0.0.1:{api_port}")],
     );
+    let mut relay = Process::start(
+        &env,
+        &[
+            "relay",
+            "--metrics-listen",
+            &format!("127.0.0.1:{relay_port}"),
+        ],
+    );
 
     // Up, not ready, and buying works on Redis alone.
     for (name, url) in [
         ("project", format!("http://127.0.0.1:{project_port}/readyz")),
         ("watch", format!("http://127.0.0.1:{watch_port}/readyz")),
         ("serve", format!("http://127.0.0.1:{api_port}/readyz")),
+        ("relay", format!("http://127.0.0.1:{relay_port}/readyz")),
     ] {
         let not_ready = eventually(Duration::from_secs(20), || async {
             get(&url).await.is_some_and(|(status, body)| {
@@ -168,6 +178,7 @@ async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_
     assert!(project.alive(), "project exited: {}", project.output());
     assert!(watch.alive(), "watch exited: {}", watch.output());
     assert!(serve.alive(), "serve exited: {}", serve.output());
+    assert!(relay.alive(), "relay exited: {}", relay.output());
     let log = project.output();
     assert_eq!(
         occurrences(&log, "Store unreachable; waiting for it."),
@@ -187,6 +198,7 @@ async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_
         ("project", format!("http://127.0.0.1:{project_port}/readyz")),
         ("watch", format!("http://127.0.0.1:{watch_port}/readyz")),
         ("serve", format!("http://127.0.0.1:{api_port}/readyz")),
+        ("relay", format!("http://127.0.0.1:{relay_port}/readyz")),
     ] {
         let ready = eventually(Duration::from_secs(30), || async {
             get(&url).await.is_some_and(|(status, _)| status == 200)
@@ -194,7 +206,7 @@ async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_
         .await;
         assert!(ready, "{name} never got ready at {url}");
     }
-    assert!(project.alive() && watch.alive() && serve.alive());
+    assert!(project.alive() && watch.alive() && serve.alive() && relay.alive());
     assert!(
         project.output().contains("Store is back."),
         "{}",
@@ -203,6 +215,7 @@ async fn project_serve_and_watch_started_while_postgres_is_down_wait_for_it_and_
     assert!(project.stop(), "project exits 0 on SIGTERM");
     assert!(watch.stop(), "watch exits 0 on SIGTERM");
     assert!(serve.stop(), "serve exits 0 on SIGTERM");
+    assert!(relay.stop(), "relay exits 0 on SIGTERM");
 }
 
 #[tokio::test]
