@@ -380,39 +380,9 @@ mod tests {
 
     /// Everything `f` logs, as text lines, whatever the level.
     fn logged_by<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::TRACE)
-            .finish();
-        let out = tracing::subscriber::with_default(subscriber, f);
-        let bytes = captured
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let lines = String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        (out, lines)
+        let logs = yoink_testkit::logs::capture();
+        let out = f();
+        (out, logs.lines())
     }
 
     #[test]

@@ -105,60 +105,11 @@ mod tests {
         }
     }
 
-    /// Log lines, as the process would print them.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn text(&self) -> String {
-            let bytes = self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            String::from_utf8_lossy(&bytes).into_owned()
-        }
-    }
-
-    /// Captures what this thread logs until the guards are dropped.
-    fn capture_logs() -> (
-        Captured,
-        (tracing::subscriber::DefaultGuard, tracing::Dispatch),
-    ) {
-        // While only one subscriber exists, tracing-core 0.1 decides whether a log line
-        // is wanted (once, the first time any thread reaches it) by asking the reaching
-        // thread's subscriber alone: a test without one reaching it first would silence
-        // it here for good. A second, silent subscriber makes it ask every live one.
-        let silent = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-        let log = Captured::default();
-        let writer = log.clone();
-        let guard = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .finish(),
-        );
-        (log, (guard, silent))
-    }
-
     // One thread (the default): the supervisor logs on the test's thread, where the
     // capture is installed.
     #[tokio::test]
     async fn a_sale_task_that_panics_is_logged_counted_and_restarted() {
-        let (log, _capturing) = capture_logs();
+        let log = yoink_testkit::logs::capture();
         let sale = SaleId::parse("supervised-panics-once").expect("valid");
         // The recorder must exist before the supervisor counts anything.
         let _ = yoink_core::telemetry::prometheus();

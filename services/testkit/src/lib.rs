@@ -1,16 +1,20 @@
 //! Test helpers shared by every crate's integration tests: a database per test cloned
 //! from a migrated template, a Redis key prefix per test, private Redis servers for
-//! tests that stop one, and `spawn_app` running the real API in-process.
+//! tests that stop one, `spawn_app` running the real API in-process, processes killed
+//! when a test ends (`Spawned`), and captured logs (`logs`).
 //!
 //! Tests run in parallel: nothing here may flush or stop a shared server, and every
 //! name a test creates is unique to it.
 
 mod app;
+pub mod logs;
 mod postgres;
+mod process;
 mod redis_servers;
 
 pub use app::{AppOptions, GroupState, RunningProjector, TestApp, spawn_app, spawn_app_with};
 pub use postgres::{PrivatePostgres, TestDb};
+pub use process::Spawned;
 pub use redis_servers::{PrivateRedis, PrivateRedisCluster, TestRedis};
 
 /// The PostgreSQL server tests use (`TEST_DATABASE_URL`, default the local one). Its

@@ -1,47 +1,14 @@
 //! The outbox relay while PostgreSQL is unreachable: it waits longer and longer between
 //! attempts and says so once, not once per attempt.
 
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use yoink_core::{RedisConn, StoreArgs, db};
 use yoink_projector::RelayArgs;
 use yoink_testkit::TestRedis;
-
-/// Log lines, as the process would print them.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .expect("no writer panics while holding the log")
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        let bytes = self
-            .0
-            .lock()
-            .expect("no writer panics while holding the log")
-            .clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 /// A port where PostgreSQL should be that accepts each connection and hangs up at once
 /// (a server going away), counting the attempts.
@@ -62,32 +29,11 @@ async fn hanging_up_postgres() -> (String, Arc<AtomicUsize>) {
     )
 }
 
-/// Captures what this thread logs until the guards are dropped.
-fn capture_logs() -> (
-    Captured,
-    (tracing::subscriber::DefaultGuard, tracing::Dispatch),
-) {
-    // While only one subscriber exists, tracing-core 0.1 decides whether a log line is
-    // wanted (once, the first time any thread reaches it) by asking the reaching
-    // thread's subscriber alone: another test's relay reaching it first would silence it
-    // here for good. A second, silent subscriber makes it ask every live one.
-    let silent = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
-    let log = Captured::default();
-    let writer = log.clone();
-    let guard = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
-    (log, (guard, silent))
-}
-
 // One thread (the default): the relay runs on the test's thread, where the log capture
 // is installed.
 #[tokio::test]
 async fn the_relay_backs_off_and_logs_once_while_postgres_is_unreachable() {
-    let (log, _capturing) = capture_logs();
+    let log = yoink_testkit::logs::capture();
     let (database_url, attempts) = hanging_up_postgres().await;
     let test_redis = TestRedis::new();
     let mut stores = StoreArgs::local(database_url, test_redis.url.clone());

@@ -2,8 +2,6 @@
 //! a real replica: what each level promises holds when Redis dies, and a loss the level
 //! allows is reported, never silent. Private Redis and PostgreSQL.
 
-use std::io::Read;
-use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -13,11 +11,11 @@ use uuid::Uuid;
 use yoink_api::durability::Level;
 use yoink_core::{RedisConn, SaleId};
 use yoink_testkit::{
-    AppOptions, PrivatePostgres, PrivateRedis, RunningProjector, TestApp, eventually,
+    AppOptions, PrivatePostgres, PrivateRedis, RunningProjector, Spawned, TestApp, eventually,
     spawn_app_with,
 };
 
-use crate::{YOINK, signal};
+use crate::YOINK;
 
 async fn redis_at(url: &str) -> RedisConn {
     RedisConn::open(&yoink_core::StoreArgs::local("postgres://unused", url))
@@ -36,59 +34,18 @@ async fn config_set(url: &str, name: &str, value: &str) {
         .expect("CONFIG SET");
 }
 
-/// `yoink serve` as a process on a free port, killed when dropped: a failing test must
-/// not leave it running.
-struct Serving {
-    child: Child,
-    base: String,
-}
-
-impl Serving {
-    /// Starts it; `capture_stderr` for a run expected to exit (a long run would fill
-    /// the pipe).
-    fn start(app: &TestApp, extra: &[&str], capture_stderr: bool) -> Self {
-        let port = yoink_testkit::free_port();
-        let child = app
-            .yoink_command(YOINK)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("YOINK_DURABILITY_CHECK_SECS", "1")
-            .stdout(Stdio::null())
-            .stderr(if capture_stderr {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("spawn yoink serve");
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Its exit status and stderr, if it exits within `timeout`.
-    fn exit_within(&mut self, timeout: Duration) -> Option<(ExitStatus, String)> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = self.child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
-                return Some((status, stderr));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `yoink serve` on a free port, with `--durability-check-secs 1`; its base URL.
+fn serve(app: &TestApp, extra: &[&str]) -> (Spawned, String) {
+    let port = yoink_testkit::free_port();
+    let mut command = app.yoink_command(YOINK);
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("YOINK_DURABILITY_CHECK_SECS", "1");
+    (
+        Spawned::start(&mut command),
+        format!("http://127.0.0.1:{port}"),
+    )
 }
 
 async fn get(url: &str) -> Option<(u16, Value)> {
@@ -119,9 +76,11 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
     app.create_sale("durable", 100, 0).await;
 
     // Refused at start, naming the setting to change.
-    let (status, stderr) = Serving::start(&app, &["--durability", "local"], true)
+    let (mut refused, _) = serve(&app, &["--durability", "local"]);
+    let status = refused
         .exit_within(Duration::from_secs(30))
         .expect("serve --durability local exits on everysec");
+    let stderr = refused.output();
     assert!(!status.success(), "serve started: {stderr}");
     assert!(
         stderr.contains("appendfsync") && stderr.contains("always"),
@@ -130,8 +89,7 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
 
     // With `appendfsync always` it serves, and says how durable each 202 is.
     config_set(&redis.url(), "appendfsync", "always").await;
-    let mut serving = Serving::start(&app, &["--durability", "local"], false);
-    let base = serving.base.clone();
+    let (mut serving, base) = serve(&app, &["--durability", "local"]);
     let ready = eventually(Duration::from_secs(20), || async {
         get(&format!("{base}/readyz"))
             .await
@@ -175,10 +133,7 @@ async fn local_durability_refuses_a_redis_that_fsyncs_every_second_and_stops_sel
     })
     .await;
     assert!(resumed, "buys never resumed");
-    signal(&serving.child, "-TERM");
-    let (status, _) = serving
-        .exit_within(Duration::from_secs(15))
-        .expect("SIGTERM stops serve");
+    let status = serving.terminate().expect("SIGTERM stops serve");
     assert!(status.success(), "{status:?}");
 }
 

@@ -3,29 +3,12 @@
 //! process's metrics are reachable on their own port, and `--metrics-sd-dir` tells
 //! Prometheus where.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use yoink_testkit::{eventually, free_port, spawn_app};
+use yoink_testkit::{Spawned, eventually, free_port, spawn_app};
 
 use crate::YOINK;
-
-/// A `yoink` process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    fn alive(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_of_each_long_running_process_run_side_by_side_with_the_same_flags() {
@@ -40,15 +23,11 @@ async fn two_of_each_long_running_process_run_side_by_side_with_the_same_flags()
         free_port(),
     );
     let start = |args: Vec<String>| {
-        let child = app
-            .yoink_command(YOINK)
+        let mut command = app.yoink_command(YOINK);
+        command
             .args(&args)
-            .env("YOINK_METRICS_SD_DIR", sd_dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn yoink");
-        Running(child)
+            .env("YOINK_METRICS_SD_DIR", sd_dir.path());
+        Spawned::start(&mut command)
     };
     let serve = || {
         vec![

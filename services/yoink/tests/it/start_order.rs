@@ -2,77 +2,34 @@
 //! up, say they are not ready, log the outage once, and get to work when it returns.
 //! `migrate` and one-shot commands stay strict. Private PostgreSQL and Redis.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use yoink_core::scripts::{self, SaleTerms};
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs};
-use yoink_testkit::{PrivatePostgres, PrivateRedis, eventually, free_port, unique_name};
+use yoink_testkit::{PrivatePostgres, PrivateRedis, Spawned, eventually, free_port, unique_name};
 
-use crate::{YOINK, signal};
+use crate::YOINK;
 
-/// A `yoink` process, killed when dropped; its output (logs go to stdout, errors to
-/// stderr) is kept in a file.
-struct Process {
-    child: Child,
-    log: tempfile::NamedTempFile,
+/// `yoink ARGS` with `env`, logging the outage messages this test looks for.
+fn start(env: &[(&str, String)], args: &[&str]) -> Spawned {
+    let mut command = Command::new(YOINK);
+    command
+        .args(args)
+        .env("RUST_LOG", "warn,yoink_core::readiness=info")
+        .env("YOINK_PROJECTOR_METRICS_LISTEN", "off")
+        .env("YOINK_API_METRICS_LISTEN", "off")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Spawned::start(&mut command)
 }
 
-impl Process {
-    fn start(env: &[(&str, String)], args: &[&str]) -> Self {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        // One open file for both streams, so they share an offset and never overwrite.
-        let out = log.reopen().expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(YOINK);
-        cmd.args(args)
-            .env("RUST_LOG", "warn,yoink_core::readiness=info")
-            .env("YOINK_PROJECTOR_METRICS_LISTEN", "off")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self {
-            child: cmd.spawn().expect("spawn yoink"),
-            log,
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn output(&self) -> String {
-        let mut text = String::new();
-        let _ = self
-            .log
-            .reopen()
-            .and_then(|mut f| f.read_to_string(&mut text));
-        text
-    }
-
-    fn stop(mut self) -> bool {
-        signal(&self.child, "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGTERM, and whether it exited 0.
+fn stopped_cleanly(process: &mut Spawned) -> bool {
+    process.terminate().is_some_and(|s| s.success())
 }
 
 async fn get(url: &str) -> Option<(u16, Value)> {
@@ -104,7 +61,7 @@ async fn serve_project_relay_and_watch_started_while_postgres_is_down_wait_for_i
     ];
     let (project_port, watch_port, api_port, relay_port) =
         (free_port(), free_port(), free_port(), free_port());
-    let mut project = Process::start(
+    let mut project = start(
         &env,
         &[
             "project",
@@ -112,7 +69,7 @@ async fn serve_project_relay_and_watch_started_while_postgres_is_down_wait_for_i
             &format!("127.0.0.1:{project_port}"),
         ],
     );
-    let mut watch = Process::start(
+    let mut watch = start(
         &env,
         &[
             "reconcile",
@@ -122,11 +79,11 @@ async fn serve_project_relay_and_watch_started_while_postgres_is_down_wait_for_i
             &format!("127.0.0.1:{watch_port}"),
         ],
     );
-    let mut serve = Process::start(
+    let mut serve = start(
         &env,
         &["serve", "--listen", &format!("127.0.0.1:{api_port}")],
     );
-    let mut relay = Process::start(
+    let mut relay = start(
         &env,
         &[
             "relay",
@@ -212,10 +169,10 @@ async fn serve_project_relay_and_watch_started_while_postgres_is_down_wait_for_i
         "{}",
         project.output()
     );
-    assert!(project.stop(), "project exits 0 on SIGTERM");
-    assert!(watch.stop(), "watch exits 0 on SIGTERM");
-    assert!(serve.stop(), "serve exits 0 on SIGTERM");
-    assert!(relay.stop(), "relay exits 0 on SIGTERM");
+    assert!(stopped_cleanly(&mut project), "project exits 0 on SIGTERM");
+    assert!(stopped_cleanly(&mut watch), "watch exits 0 on SIGTERM");
+    assert!(stopped_cleanly(&mut serve), "serve exits 0 on SIGTERM");
+    assert!(stopped_cleanly(&mut relay), "relay exits 0 on SIGTERM");
 }
 
 #[tokio::test]
