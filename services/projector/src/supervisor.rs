@@ -80,13 +80,7 @@ mod tests {
     use super::*;
 
     fn restarts(sale: &SaleId) -> f64 {
-        let prefix = format!("{}{{sale=\"{sale}\"}} ", metrics::TASK_RESTARTS);
-        yoink_core::telemetry::prometheus()
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        yoink_testkit::sale_metric(metrics::TASK_RESTARTS, sale)
     }
 
     /// Starts a task that panics on its first `panics` runs and then runs until shutdown.

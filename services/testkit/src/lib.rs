@@ -42,6 +42,18 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a free port on loopback")
 }
 
+/// The value of `metric{sale="<sale>"}` on this process's Prometheus page (0 when it is
+/// not there yet).
+pub fn sale_metric(metric: &str, sale: &yoink_core::SaleId) -> f64 {
+    let prefix = format!("{metric}{{sale=\"{sale}\"}} ");
+    yoink_core::telemetry::prometheus()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
 where

@@ -172,6 +172,31 @@ impl PrivateRedis {
         );
     }
 
+    /// Stalls the server for `duration` (`DEBUG SLEEP`: it answers nobody meanwhile),
+    /// from a connection of its own with no reply timeout; the handle resolves when it
+    /// answers again. The server must run with `--enable-debug-command yes`.
+    pub async fn stall(&self, duration: Duration) -> tokio::task::JoinHandle<()> {
+        let client = redis::Client::open(self.url()).expect("valid URL");
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+            )
+            .await
+            .expect("connect to stall");
+        let secs = duration.as_secs_f64().to_string();
+        let sleeping = tokio::spawn(async move {
+            let slept: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(secs)
+                .query_async(&mut conn)
+                .await;
+            slept.expect("DEBUG SLEEP runs (is --enable-debug-command on?)");
+        });
+        // Let the DEBUG SLEEP reach the server before the caller sends anything.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sleeping
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

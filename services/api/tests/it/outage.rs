@@ -114,24 +114,12 @@ async fn a_reply_lost_to_a_timeout_is_retried_without_taking_stock_twice() {
     })
     .await;
     let sale = app.create_sale("slow", 10, 0).await;
-    let staller = redis::Client::open(redis.url()).expect("url");
-    let mut stall = staller
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let sleeping = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("0.45")
-            .query_async::<()>(&mut stall)
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sleeping = redis.stall(Duration::from_millis(450)).await;
 
     let started = std::time::Instant::now();
     let (status, body) = app.buy("slow", "patient", 1).await;
     let took = started.elapsed();
-    sleeping.await.expect("staller").expect("DEBUG SLEEP ran");
+    sleeping.await.expect("DEBUG SLEEP ran");
     assert!(
         took > Duration::from_millis(300),
         "the first call really timed out: {took:?}"
@@ -170,23 +158,7 @@ async fn a_buy_whose_replies_are_both_lost_answers_503_with_its_id_and_a_retry_w
     // run (the retry below would then reserve anew, under another id).
     app.create_sale("warm-up", 1, 0).await;
     assert_eq!(app.buy("warm-up", "first", 1).await.0, 202);
-    let staller = redis::Client::open(redis.url()).expect("url");
-    // The staller's own connection must outwait the sleep (redis-rs gives up after
-    // 500 ms by default).
-    let mut stall = staller
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
-        )
-        .await
-        .expect("connect");
-    let sleeping = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg("1.2")
-            .query_async::<()>(&mut stall)
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sleeping = redis.stall(Duration::from_millis(1_200)).await;
 
     let response = app
         .http
@@ -218,7 +190,7 @@ async fn a_buy_whose_replies_are_both_lost_answers_503_with_its_id_and_a_retry_w
         "5xx bodies hide internals: {body}"
     );
 
-    sleeping.await.expect("staller").expect("DEBUG SLEEP ran");
+    sleeping.await.expect("DEBUG SLEEP ran");
     let (status, body) = app
         .buy_with_key("stalled", "blind", 1, Some("checkout-7"))
         .await;

@@ -254,17 +254,6 @@ async fn concurrent_dead_letters_of_one_entry_release_its_units_once() {
     assert_eq!(released_events, 1);
 }
 
-/// The value of `metric{sale="<sale>"}` in the process's Prometheus page (0 when absent).
-fn sale_counter(metric: &str, sale: &SaleId) -> f64 {
-    let prefix = format!("{metric}{{sale=\"{sale}\"}} ");
-    yoink_core::telemetry::prometheus()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refused_reservation_whose_record_is_unreadable_ends_dead_lettered_and_acknowledged() {
     // The recorder must exist before the projector counts anything.
@@ -281,7 +270,7 @@ async fn a_refused_reservation_whose_record_is_unreadable_ends_dead_lettered_and
         )
         .await
         .expect("overwrite the record");
-    let before = sale_counter("yoink_projector_unreleasable_total", &sale);
+    let before = yoink_testkit::sale_metric("yoink_projector_unreleasable_total", &sale);
 
     let projector = app.projector_with(fast_args("p"));
     let drained = app.wait_drained(&sale, Duration::from_secs(20)).await;
@@ -315,7 +304,7 @@ async fn a_refused_reservation_whose_record_is_unreadable_ends_dead_lettered_and
     );
     assert_eq!(remaining(&app, &sale).await, 7, "nothing was given back");
     assert!(
-        sale_counter("yoink_projector_unreleasable_total", &sale) > before,
+        yoink_testkit::sale_metric("yoink_projector_unreleasable_total", &sale) > before,
         "the unreleasable entry was not counted"
     );
 }

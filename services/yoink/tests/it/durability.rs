@@ -284,21 +284,8 @@ async fn replica_durability_answers_503_not_durable_when_no_replica_acknowledges
         202
     );
 
-    // The replica stalls for longer than --durability-timeout-ms (100 ms). The call's
-    // own reply times out on our side; the replica sleeps its second regardless.
-    let stalled_until = std::time::Instant::now() + Duration::from_secs(1);
-    let stall = tokio::spawn({
-        let url = replica.url();
-        async move {
-            let mut conn = redis_at(&url).await;
-            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg(1)
-                .query_async(&mut conn)
-                .await;
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The replica stalls for longer than --durability-timeout-ms (100 ms).
+    let stall = replica.stall(Duration::from_secs(1)).await;
     let (status, body) = app.buy_with_key("durable", "u2", 1, Some("k2")).await;
     assert_eq!(
         (status, &body["error"]),
@@ -307,8 +294,7 @@ async fn replica_durability_answers_503_not_durable_when_no_replica_acknowledges
     );
     let pending = body["reservation_id"].clone();
     assert!(pending.is_string(), "the 503 names the reservation: {body}");
-    stall.await.expect("staller");
-    tokio::time::sleep(stalled_until.saturating_duration_since(std::time::Instant::now())).await;
+    stall.await.expect("the replica answers again");
 
     // The reservation stood; once the replica has it, the retry returns it.
     let (status, body) = app.buy_with_key("durable", "u2", 1, Some("k2")).await;
