@@ -33,7 +33,9 @@ pub use state::AppState;
 /// (`durability::check_at_start` does, before `serve` takes buys).
 pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, StartError> {
     args.check()?;
-    let redis = RedisConn::open(stores).await.map_err(StartError::Redis)?;
+    let redis = RedisConn::open_waiting(stores)
+        .await
+        .map_err(StartError::Redis)?;
     let pool = db::pool(&stores.database_url, stores.pg_pool_size)?;
     let durability = durability::Durability::open(stores, args).await?;
     Ok(AppState {

@@ -13,6 +13,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use crate::backoff::Backoff;
 use crate::config::StoreArgs;
 
 /// A cheap-to-clone Redis handle, single node or cluster.
@@ -24,23 +25,32 @@ pub enum RedisConn {
 
 impl RedisConn {
     /// Opens the shared handle. A single-node handle connects lazily, so a process can
-    /// start while Redis is down and answer 503 until it is back.
+    /// start while Redis is down and answer 503 until it is back; a cluster handle
+    /// connects now and fails if the cluster is down (one-shot commands stay strict).
     pub async fn open(args: &StoreArgs) -> redis::RedisResult<Self> {
-        Self::open_with_timeout(args, Some(args.redis_timeout())).await
+        Self::open_with_timeout(args, Some(args.redis_timeout()), false).await
+    }
+
+    /// `open` for long-running processes: a cluster that is down at start is waited for
+    /// (logged once), so processes start in any order.
+    pub async fn open_waiting(args: &StoreArgs) -> redis::RedisResult<Self> {
+        Self::open_with_timeout(args, Some(args.redis_timeout()), true).await
     }
 
     /// Opens a separate connection for blocking commands, with a response timeout of
-    /// `timeout` (longer than any BLOCK it will send) or none.
+    /// `timeout` (longer than any BLOCK it will send) or none. Long-running processes
+    /// open these: a cluster that is down is waited for.
     pub async fn dedicated(
         args: &StoreArgs,
         timeout: Option<Duration>,
     ) -> redis::RedisResult<Self> {
-        Self::open_with_timeout(args, timeout).await
+        Self::open_with_timeout(args, timeout, true).await
     }
 
     async fn open_with_timeout(
         args: &StoreArgs,
         response_timeout: Option<Duration>,
+        wait_for_cluster: bool,
     ) -> redis::RedisResult<Self> {
         let connect_timeout = Duration::from_millis(args.redis_timeout_ms.clamp(100, 2_000));
         if args.redis_cluster {
@@ -50,8 +60,25 @@ impl RedisConn {
             if let Some(timeout) = response_timeout {
                 builder = builder.response_timeout(timeout);
             }
-            let conn = builder.build()?.get_async_connection().await?;
-            Ok(RedisConn::Cluster(conn))
+            let client = builder.build()?;
+            // The cluster client connects at once (a single node connects lazily): for a
+            // long-running process a cluster that is down at start is waited for, so
+            // processes start in any order. Logged once; anything but an outage fails.
+            let mut backoff = Backoff::new();
+            let mut logged = false;
+            loop {
+                match client.get_async_connection().await {
+                    Ok(conn) => return Ok(RedisConn::Cluster(conn)),
+                    Err(err) if wait_for_cluster && is_unavailable(&err) => {
+                        if !logged {
+                            tracing::warn!(error = %err, "Redis Cluster unreachable; waiting for it.");
+                            logged = true;
+                        }
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
         } else {
             let client = redis::Client::open(args.redis_url.as_str())?;
             let config = ConnectionManagerConfig::new()

@@ -240,7 +240,7 @@ pub async fn run(
     args.check().map_err(StartError::Config)?;
     let consumer = args.consumer_name();
     let keys = Keyspace::new(stores.key_prefix.clone());
-    let mut redis = RedisConn::open(stores).await?;
+    let mut redis = RedisConn::open_waiting(stores).await?;
     let pool = db::pool(&stores.database_url, stores.pg_pool_size)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();

@@ -247,7 +247,9 @@ async fn project(
 ) -> anyhow::Result<()> {
     migrate_when_reachable(stores).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let redis = RedisConn::open(stores).await.context("opening Redis")?;
+    let redis = RedisConn::open_waiting(stores)
+        .await
+        .context("opening Redis")?;
     let probe = probe_stores(redis, stores, stop_rx)?;
     let outcome = yoink_projector::run(
         stores,
@@ -405,7 +407,9 @@ async fn relay(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics = OwnMetrics::start(metrics_listen, "relay", telemetry, stop_rx.clone()).await?;
     migrate_when_reachable(stores).await?;
-    let redis = RedisConn::open(stores).await.context("opening Redis")?;
+    let redis = RedisConn::open_waiting(stores)
+        .await
+        .context("opening Redis")?;
     let pool = db::pool(&stores.database_url, 2)?;
     let keys = Keyspace::new(stores.key_prefix.clone());
     let probe = probe_stores(redis.clone(), stores, stop_rx.clone())?;
@@ -431,7 +435,9 @@ async fn reconcile(
         Some(secs) => {
             // A watcher starts whatever the stores' state; each pass opens them again.
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let redis = RedisConn::open(stores).await.context("opening Redis")?;
+            let redis = RedisConn::open_waiting(stores)
+                .await
+                .context("opening Redis")?;
             let probe = probe_stores(redis, stores, stop_rx)?;
             let watched = yoink_reconciler::watch(
                 stores,

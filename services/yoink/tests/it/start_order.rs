@@ -226,3 +226,48 @@ fn a_setting_out_of_range_is_refused_at_start_with_the_flag_to_change() {
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_redis_cluster_down_at_start_is_waited_for_by_a_projector_and_not_by_a_one_shot_command()
+{
+    let nodes = format!(
+        "redis://127.0.0.1:{},redis://127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let env = vec![
+        ("REDIS_URL", nodes.clone()),
+        ("YOINK_REDIS_CLUSTER", "true".to_owned()),
+        (
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{}/x", free_port()),
+        ),
+    ];
+    let mut project = start(&env, &["project"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(project.alive(), "project exited: {}", project.output());
+    let log = project.output();
+    assert_eq!(
+        occurrences(&log, "Redis Cluster unreachable; waiting for it."),
+        1,
+        "{log}"
+    );
+
+    let started = std::time::Instant::now();
+    let once = Command::new(YOINK)
+        .args(["reconcile", "--all"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run yoink reconcile");
+    assert_eq!(
+        once.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a one-shot command does not wait"
+    );
+}
