@@ -129,15 +129,11 @@ async fn a_reply_lost_to_a_timeout_is_retried_without_taking_stock_twice() {
         "the retry with the same id is answered: {body}"
     );
 
-    let mut conn = app.redis.clone();
-    let remaining: i64 = redis::AsyncCommands::get(&mut conn, app.keys().stock(&sale))
-        .await
-        .expect("stock");
-    let events: i64 = redis::AsyncCommands::xlen(&mut conn, app.keys().events(&sale))
-        .await
-        .expect("xlen");
-    assert_eq!(remaining, 9, "one unit taken, not two");
-    assert_eq!(events, 1, "one event");
+    assert_eq!(
+        stock_and_events(&app, &sale).await,
+        (9, 1),
+        "one unit taken and one event, not two"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -197,13 +193,21 @@ async fn a_buy_whose_replies_are_both_lost_answers_503_with_its_id_and_a_retry_w
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["reservation_id"], id.as_str(), "the same reservation");
 
+    assert_eq!(
+        stock_and_events(&app, &sale).await,
+        (9, 1),
+        "one unit taken and one event, not two"
+    );
+}
+
+/// A sale's units left and the length of its event stream.
+async fn stock_and_events(app: &yoink_testkit::TestApp, sale: &yoink_core::SaleId) -> (i64, i64) {
     let mut conn = app.redis.clone();
-    let remaining: i64 = redis::AsyncCommands::get(&mut conn, app.keys().stock(&sale))
+    let remaining: i64 = redis::AsyncCommands::get(&mut conn, app.keys().stock(sale))
         .await
         .expect("stock");
-    let events: i64 = redis::AsyncCommands::xlen(&mut conn, app.keys().events(&sale))
+    let events: i64 = redis::AsyncCommands::xlen(&mut conn, app.keys().events(sale))
         .await
         .expect("xlen");
-    assert_eq!(remaining, 9, "one unit taken, not two");
-    assert_eq!(events, 1, "one event");
+    (remaining, events)
 }

@@ -15,15 +15,7 @@ async fn metrics_label_an_erroring_request_with_its_route_template() {
     let (status, _) = app.buy("no-such-sale-metrics", "u", 1).await;
     assert_eq!(status, 404);
 
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(&app).await;
     assert!(
         text.contains(
             r#"yoink_http_requests_total{route="/reservations/{id}",method="GET",status="400"}"#
@@ -105,15 +97,7 @@ async fn reservation_outcomes_are_counted_under_the_error_codes_buyers_see() {
         (422, Some("idempotency_key_reused"))
     );
 
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(&app).await;
     assert!(
         text.contains(r#"yoink_reservations_total{outcome="idempotency_key_reused"}"#),
         "{text}"
@@ -137,4 +121,16 @@ async fn a_server_with_no_room_for_a_single_buy_refuses_to_start_and_names_the_f
         .to_string();
     assert!(err.contains("--max-in-flight"), "{err}");
     assert!(err.contains("at least 1"), "{err}");
+}
+
+/// The app's `/metrics` page.
+async fn metrics_text(app: &yoink_testkit::TestApp) -> String {
+    app.http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
 }
