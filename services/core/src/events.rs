@@ -28,12 +28,21 @@ pub mod field {
     pub const SEQ: &str = "seq";
     /// Present when the buyer sent an `Idempotency-Key`.
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
+    /// A hold's deadline (epoch ms): on `reserved` events of sales with holds, and on
+    /// `extended` events.
+    pub const EXPIRES_AT_MS: &str = "expires_at_ms";
+    /// The order a confirmed hold became (`confirmed` events).
+    pub const ORDER_ID: &str = "order_id";
 }
 
 /// `type` of the entry `reserve.lua` appends when units are taken.
 pub const RESERVED: &str = "reserved";
 /// `type` of the entry `release.lua` appends when units go back on sale.
 pub const RELEASED: &str = "released";
+/// `type` of the entry `hold.lua` appends when a hold became an order.
+pub const CONFIRMED: &str = "confirmed";
+/// `type` of the entry `hold.lua` appends when a hold's deadline moved.
+pub const EXTENDED: &str = "extended";
 
 /// Units were taken from a sale for a buyer (written by `reserve.lua`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,6 +57,9 @@ pub struct Reserved {
     pub position: Option<Position>,
     /// The buyer's `Idempotency-Key`, kept so a rebuilt Redis still answers a retry.
     pub idempotency_key: Option<String>,
+    /// A hold's deadline (epoch ms, Redis time): the reservation waits for a confirm.
+    /// `None` on sales without holds: it becomes an order at once.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// A sale stream entry, as read back by a consumer.
@@ -56,6 +68,14 @@ pub enum SaleEvent {
     Reserved(Reserved),
     /// Units of a reservation went back on sale; projectors only acknowledge these.
     Released {
+        reservation_id: ReservationId,
+    },
+    /// A hold became an order (PostgreSQL decided it first); only acknowledged.
+    Confirmed {
+        reservation_id: ReservationId,
+    },
+    /// A hold's deadline moved (PostgreSQL decided it first); only acknowledged.
+    Extended {
         reservation_id: ReservationId,
     },
 }
@@ -139,8 +159,18 @@ impl SaleEvent {
                 reserved_at_ms: reserved_at_ms(fields)?,
                 position: position(fields)?,
                 idempotency_key: fields.get(field::IDEMPOTENCY_KEY).cloned(),
+                expires_at_ms: fields
+                    .contains_key(field::EXPIRES_AT_MS)
+                    .then(|| positive(fields, field::EXPIRES_AT_MS))
+                    .transpose()?,
             })),
             RELEASED => Ok(SaleEvent::Released {
+                reservation_id: reservation_id(fields)?,
+            }),
+            CONFIRMED => Ok(SaleEvent::Confirmed {
+                reservation_id: reservation_id(fields)?,
+            }),
+            EXTENDED => Ok(SaleEvent::Extended {
                 reservation_id: reservation_id(fields)?,
             }),
             other => Err(EventError::UnknownType(other.to_owned())),
@@ -182,6 +212,35 @@ mod tests {
         assert_eq!(r.quantity, 2);
         assert_eq!(r.position, Some(Position::new(3, 41)));
         assert_eq!(r.idempotency_key.as_deref(), Some("k-1"));
+        assert_eq!(r.expires_at_ms, None, "no deadline: not a hold");
+    }
+
+    #[test]
+    fn reads_a_hold_and_its_transitions() {
+        let rid = ReservationId::new().to_string();
+        let hold = fields(&[
+            ("type", "reserved"),
+            ("reservation_id", &rid),
+            ("sale_id", "s1"),
+            ("user_id", "u1"),
+            ("quantity", "1"),
+            ("reserved_at_ms", "1700000000000"),
+            ("expires_at_ms", "1700000600000"),
+        ]);
+        let Ok(SaleEvent::Reserved(r)) = SaleEvent::from_fields(&hold) else {
+            panic!("a hold is a reservation");
+        };
+        assert_eq!(r.expires_at_ms, Some(1_700_000_600_000));
+        for kind in ["confirmed", "extended", "released"] {
+            let event = SaleEvent::from_fields(&fields(&[("type", kind), ("reservation_id", &rid)]));
+            assert!(event.is_ok(), "{kind}: {event:?}");
+        }
+        let mut bad = hold.clone();
+        bad.insert("expires_at_ms".into(), "soon".into());
+        assert_eq!(
+            SaleEvent::from_fields(&bad),
+            Err(EventError::BadNumber("expires_at_ms"))
+        );
     }
 
     #[test]

@@ -154,6 +154,11 @@ impl ReservationId {
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
+
+    /// The id PostgreSQL stored (a `uuid` column).
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
 }
 
 impl Default for ReservationId {

@@ -58,9 +58,17 @@ impl Keyspace {
         self.sale_key(sale, "reservations")
     }
 
-    /// Stream: the sale's `reserved` / `released` events (the Redis-side outbox).
+    /// Stream: the sale's `reserved`, `released`, `confirmed` and `extended` events (the
+    /// Redis-side outbox).
     pub fn events(&self, sale: &SaleId) -> String {
         self.sale_key(sale, "events")
+    }
+
+    /// Sorted set: reservation id -> `expires_at_ms`, for the holds of a sale with
+    /// `hold_seconds` that Redis has not settled yet (confirmed, or released by a cancel
+    /// or an expiry). The projectors' expiry sweep reads the due ones.
+    pub fn holds(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "holds")
     }
 
     /// Stream: entries the projectors gave up on, with the reason.
@@ -117,6 +125,8 @@ mod tests {
                 ks.dead_letters(&sale),
                 ks.staged(&ks.buyers(&sale)),
                 ks.staged(&ks.reservations(&sale)),
+                ks.holds(&sale),
+                ks.staged(&ks.holds(&sale)),
             ];
             for key in &keys {
                 assert_eq!(hash_tag(key), "sale:s-1", "{key}");

@@ -175,7 +175,24 @@ pub async fn confirm_in(
     Ok(new_orders as u64)
 }
 
-/// Which of `reservations` PostgreSQL has decided (confirmed or released).
+/// Projects a batch of `reserved` entries in one transaction: reservations of sales
+/// without holds become orders (`confirm_in`), holds are recorded (`holds::record_in`)
+/// and wait for their decision. Returns (new orders, new holds).
+pub async fn project(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<(u64, u64), LedgerError> {
+    if batch.is_empty() {
+        return Ok((0, 0));
+    }
+    let (holds, orders): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, r)| r.expires_at_ms.is_some());
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let new_orders = confirm_in(&tx, &orders).await?;
+    let new_holds = crate::holds::record_in(&tx, &holds).await?;
+    tx.commit().await?;
+    Ok((new_orders, new_holds))
+}
+
+/// Which of `reservations` PostgreSQL knows: decided (confirmed or released), or
+/// recorded as a hold that waits for its decision.
 pub async fn decided<'a>(
     client: &impl GenericClient,
     reservations: impl Iterator<Item = &'a Reserved>,
@@ -183,7 +200,8 @@ pub async fn decided<'a>(
     let ids: Vec<Uuid> = reservations.map(|r| r.reservation_id.as_uuid()).collect();
     Ok(client
         .query(
-            "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)",
+            "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)
+             UNION SELECT reservation_id FROM holds WHERE reservation_id = ANY($1)",
             &[&ids],
         )
         .await?

@@ -5,8 +5,9 @@
 //! - Redis: the Lua scripts and their typed calls (`scripts`), the shared connection
 //!   (`redis_store`), the sale stream and its consumer group (`stream`).
 //! - PostgreSQL: connections and migrations (`db`), sale creation and views (`sales`),
-//!   the ledger of reservation fates, orders and outbox rows (`ledger`), the position
-//!   floors and epochs (`epochs`).
+//!   the ledger of reservation fates, orders and outbox rows (`ledger`), holds that
+//!   wait for payment and who wins their race (`holds`), the position floors and
+//!   epochs (`epochs`).
 //! - The rebuild of a suspended sale from the ledger (`rebuild`), which projectors and
 //!   the reconciler's repair both run.
 //! - Process plumbing: store settings (`config`), metrics (`telemetry`), whether the
@@ -20,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod epochs;
 pub mod events;
+pub mod holds;
 pub mod ids;
 pub mod keys;
 pub mod ledger;

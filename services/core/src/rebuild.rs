@@ -10,12 +10,13 @@
 //! 1. One process at a time (a PostgreSQL advisory lock per sale).
 //! 2. Every reservation still in the stream that PostgreSQL has not decided (taken
 //!    before the rollback and not projected yet, or taken after it and before the
-//!    suspension) is decided now, in stream order: confirmed while units and the
-//!    buyer's limit allow, released otherwise. PostgreSQL decides, and the decisions
-//!    and a new epoch commit together, before Redis is touched.
-//! 3. Redis's reservation records, Idempotency-Keys and buyer counts are staged from the
-//!    ledger, then swapped in with the counters, the stock and the new epoch, and the
-//!    suspension lifted, in one compare-and-set on the suspension token.
+//!    suspension) is decided now, in stream order: confirmed (on a sale with holds:
+//!    recorded as a hold, which keeps its deadline) while units and the buyer's limit
+//!    allow, released otherwise. PostgreSQL decides, and the decisions and a new epoch
+//!    commit together, before Redis is touched.
+//! 3. Redis's reservation records, Idempotency-Keys, buyer counts and waiting holds are
+//!    staged from the ledger, then swapped in with the counters, the stock and the new
+//!    epoch, and the suspension lifted, in one compare-and-set on the suspension token.
 //!
 //! It never deletes an order and never gives a unit back twice: released units are
 //! back on sale because the stock is computed from the ledger, and their records say
@@ -222,15 +223,18 @@ async fn decide_and_open_epoch(
     let tx = client.transaction().await?;
     let Some(row) = tx
         .query_opt(
-            "SELECT initial_stock, limit_per_user, confirmed_units FROM sales
-             WHERE sale_id = $1 FOR UPDATE",
+            "SELECT initial_stock, limit_per_user,
+                    confirmed_units + (SELECT coalesce(sum(quantity), 0) FROM holds
+                                       WHERE sale_id = $1 AND state = 'held')::bigint
+             FROM sales WHERE sale_id = $1 FOR UPDATE",
             &[&sale.as_str()],
         )
         .await?
     else {
         return Err(RecoveryError::UnknownSale(sale.clone()));
     };
-    let (initial, limit, confirmed_units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    // Units that are not on sale: confirmed, and held for payment.
+    let (initial, limit, taken_units): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     let decided = ledger::decided(&tx, in_stream.iter().map(|(_, r)| r)).await?;
     let mut seen = std::collections::HashSet::new();
     let undecided: Vec<&(String, Reserved)> = in_stream
@@ -243,8 +247,12 @@ async fn decide_and_open_epoch(
     let users: Vec<&str> = undecided.iter().map(|(_, r)| r.user_id.as_str()).collect();
     let mut held: std::collections::HashMap<String, i64> = tx
         .query(
-            "SELECT user_id, sum(quantity)::bigint FROM reservation_fates
-             WHERE sale_id = $1 AND fate = 'confirmed' AND user_id = ANY($2)
+            "SELECT user_id, sum(quantity)::bigint FROM (
+                 SELECT user_id, quantity FROM reservation_fates
+                 WHERE sale_id = $1 AND fate = 'confirmed' AND user_id = ANY($2)
+                 UNION ALL
+                 SELECT user_id, quantity FROM holds
+                 WHERE sale_id = $1 AND state = 'held' AND user_id = ANY($2)) taken
              GROUP BY user_id",
             &[&sale.as_str(), &users],
         )
@@ -253,7 +261,7 @@ async fn decide_and_open_epoch(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
 
-    let mut units_left = initial - confirmed_units;
+    let mut units_left = initial - taken_units;
     let mut to_confirm = Vec::new();
     let mut to_release = Vec::new();
     for (stream_id, r) in undecided {
@@ -267,7 +275,12 @@ async fn decide_and_open_epoch(
             Some(why) => to_release.push((stream_id.as_str(), r, why)),
         }
     }
-    let confirmed = ledger::confirm_in(&tx, &to_confirm).await?;
+    // A hold keeps its units and its deadline: it waits for its confirm as before.
+    let (to_hold, to_confirm): (Vec<_>, Vec<_>) = to_confirm
+        .into_iter()
+        .partition(|(_, r)| r.expires_at_ms.is_some());
+    let confirmed = ledger::confirm_in(&tx, &to_confirm).await?
+        + crate::holds::record_in(&tx, &to_hold).await?;
     let mut released = 0;
     for (stream_id, r, why) in &to_release {
         released += u64::from(ledger::release_in(&tx, stream_id, r, why).await?);
@@ -313,13 +326,14 @@ async fn stage(
     pool: &Pool,
     sale: &SaleId,
 ) -> Result<Staged, RecoveryError> {
-    let (staged_buyers, staged_idem, staged_records) = (
+    let (staged_buyers, staged_idem, staged_records, staged_holds) = (
         keys.staged(&keys.buyers(sale)),
         keys.staged(&keys.idempotency(sale)),
         keys.staged(&keys.reservations(sale)),
+        keys.staged(&keys.holds(sale)),
     );
     let _: i64 = redis
-        .del(&[&staged_buyers, &staged_idem, &staged_records])
+        .del(&[&staged_buyers, &staged_idem, &staged_records, &staged_holds])
         .await?;
     let mut client = pool.get().await?;
     let tx = client
@@ -334,16 +348,25 @@ async fn stage(
 
     let rows = tx
         .query_raw(
-            "SELECT reservation_id::text, user_id, quantity, fate = 'released',
-                    coalesce(stream_id, ''),
-                    (extract(epoch FROM reserved_at) * 1000)::bigint, idempotency_key
-             FROM reservation_fates WHERE sale_id = $1",
+            &format!(
+                "SELECT reservation_id::text, user_id, quantity, fate = 'released',
+                        coalesce(stream_id, ''),
+                        (extract(epoch FROM reserved_at) * 1000)::bigint, idempotency_key,
+                        NULL::bigint
+                 FROM reservation_fates WHERE sale_id = $1
+                 UNION ALL
+                 SELECT h.reservation_id::text, h.user_id, h.quantity, false, h.stream_id,
+                        (extract(epoch FROM h.reserved_at) * 1000)::bigint, h.idempotency_key,
+                        (extract(epoch FROM h.expires_at) * 1000)::bigint
+                 FROM {WAITING_HOLDS}"
+            ),
             &[&sale.as_str()],
         )
         .await?;
     futures::pin_mut!(rows);
     let mut records: Vec<(String, String)> = Vec::with_capacity(STAGE_CHUNK);
     let mut idem: Vec<(String, String)> = Vec::new();
+    let mut waiting: Vec<(i64, String)> = Vec::new();
     while let Some(row) = rows.try_next().await? {
         let rid: String = row.get(0);
         let record = ReservationRecord {
@@ -356,6 +379,12 @@ async fn stage(
         if let Some(key) = row.get::<_, Option<String>>(6) {
             idem.push((key, rid.clone()));
         }
+        if let Some(expires_at_ms) = row.get::<_, Option<i64>>(7) {
+            waiting.push((expires_at_ms, rid.clone()));
+        }
+        if waiting.len() >= STAGE_CHUNK {
+            zadd(redis, &staged_holds, &mut waiting).await?;
+        }
         records.push((rid, record.encode()));
         if records.len() >= STAGE_CHUNK {
             hset(redis, &staged_records, &mut records).await?;
@@ -366,11 +395,18 @@ async fn stage(
     }
     hset(redis, &staged_records, &mut records).await?;
     hset(redis, &staged_idem, &mut idem).await?;
+    zadd(redis, &staged_holds, &mut waiting).await?;
 
     let buyers = tx
         .query_raw(
-            "SELECT user_id, sum(quantity)::bigint FROM reservation_fates
-             WHERE sale_id = $1 AND fate = 'confirmed' GROUP BY user_id",
+            &format!(
+                "SELECT user_id, sum(quantity)::bigint FROM (
+                     SELECT user_id, quantity FROM reservation_fates
+                     WHERE sale_id = $1 AND fate = 'confirmed'
+                     UNION ALL
+                     SELECT h.user_id, h.quantity FROM {WAITING_HOLDS}) taken
+                 GROUP BY user_id"
+            ),
             &[&sale.as_str()],
         )
         .await?;
@@ -386,9 +422,12 @@ async fn stage(
 
     let totals = tx
         .query_one(
-            "SELECT coalesce(sum(quantity), 0)::bigint,
-                    coalesce(sum(quantity) FILTER (WHERE fate = 'released'), 0)::bigint
-             FROM reservation_fates WHERE sale_id = $1",
+            &format!(
+                "SELECT coalesce(sum(quantity), 0)::bigint
+                          + (SELECT coalesce(sum(h.quantity), 0) FROM {WAITING_HOLDS})::bigint,
+                        coalesce(sum(quantity) FILTER (WHERE fate = 'released'), 0)::bigint
+                 FROM reservation_fates WHERE sale_id = $1"
+            ),
             &[&sale.as_str()],
         )
         .await?;
@@ -398,6 +437,24 @@ async fn stage(
         reserved: totals.get(0),
         released: totals.get(1),
     })
+}
+
+/// Holds of sale `$1` that wait for their decision: staged as `reserved` records and as
+/// members of the sale's `holds` set (a hold that has a fate already is that fate's).
+const WAITING_HOLDS: &str = "holds h WHERE h.sale_id = $1 AND h.state = 'held'
+     AND NOT EXISTS (SELECT 1 FROM reservation_fates f WHERE f.reservation_id = h.reservation_id)";
+
+/// ZADDs `members` (score, member) into `key` (when there are any) and empties them.
+async fn zadd(
+    redis: &mut RedisConn,
+    key: &str,
+    members: &mut Vec<(i64, String)>,
+) -> Result<(), RecoveryError> {
+    if !members.is_empty() {
+        let _: i64 = redis.zadd_multiple(key, &members[..]).await?;
+        members.clear();
+    }
+    Ok(())
 }
 
 /// HSETs `fields` into `key` (when there are any) and empties them.

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::db::DbError;
 use crate::epochs;
+use crate::holds;
 use crate::ids::SaleId;
 use crate::keys::Keyspace;
 use crate::redis_store::RedisConn;
@@ -78,6 +79,23 @@ impl CreateSale {
         if t.ends_at_ms != 0 && t.ends_at_ms <= t.starts_at_ms {
             return Err(SaleError::Invalid("ends_at must be after starts_at"));
         }
+        if !(0..=MAX_HOLD_SECONDS).contains(&t.hold_seconds)
+            || !(0..=MAX_HOLD_SECONDS).contains(&t.max_hold_seconds)
+        {
+            return Err(SaleError::Invalid(
+                "hold_seconds and max_hold_seconds must be between 0 and 604800 (7 days)",
+            ));
+        }
+        if t.max_hold_seconds != 0 && t.max_hold_seconds < t.hold_seconds {
+            return Err(SaleError::Invalid(
+                "max_hold_seconds must be at least hold_seconds",
+            ));
+        }
+        if t.hold_seconds == 0 && t.max_hold_seconds != 0 {
+            return Err(SaleError::Invalid(
+                "max_hold_seconds needs hold_seconds (a sale without holds has nothing to extend)",
+            ));
+        }
         Ok(())
     }
 }
@@ -85,6 +103,9 @@ impl CreateSale {
 /// Most units a sale may stock or a buyer may be allowed: the Lua scripts count in
 /// doubles, exact only up to 2^53, so counts stay well below that.
 pub const MAX_UNITS: i64 = 1_000_000_000_000_000;
+
+/// Longest a hold may last, extensions included: 7 days.
+pub const MAX_HOLD_SECONDS: i64 = 7 * 24 * 3600;
 
 /// Latest accepted sale time: 9999-12-31T23:59:59.999Z (PostgreSQL and every
 /// calendar library agree up to there).
@@ -105,11 +126,19 @@ pub async fn create_sale(
     sale: &CreateSale,
 ) -> Result<(), SaleError> {
     sale.check()?;
+    let mut sale = sale.clone();
+    // Without a bound of its own, a hold cannot be extended.
+    if sale.terms.max_hold_seconds == 0 {
+        sale.terms.max_hold_seconds = sale.terms.hold_seconds;
+    }
+    let sale = &sale;
     let db = pool.get().await?;
     let inserted = db
         .query_opt(
-            "INSERT INTO sales (sale_id, initial_stock, limit_per_user, starts_at, ends_at)
-             VALUES ($1, $2, $3, to_timestamp($4::bigint / 1000.0), to_timestamp($5::bigint / 1000.0))
+            "INSERT INTO sales (sale_id, initial_stock, limit_per_user, starts_at, ends_at,
+                                hold_seconds, max_hold_seconds)
+             VALUES ($1, $2, $3, to_timestamp($4::bigint / 1000.0), to_timestamp($5::bigint / 1000.0),
+                     $6, $7)
              ON CONFLICT (sale_id) DO NOTHING
              RETURNING sale_id",
             &[
@@ -118,6 +147,8 @@ pub async fn create_sale(
                 &sale.terms.limit_per_user,
                 &nonzero(sale.terms.starts_at_ms),
                 &nonzero(sale.terms.ends_at_ms),
+                &sale.terms.hold_seconds,
+                &sale.terms.max_hold_seconds,
             ],
         )
         .await?
@@ -164,7 +195,8 @@ pub async fn terms_from_db(
         .query_opt(
             "SELECT initial_stock, limit_per_user,
                     coalesce((extract(epoch FROM starts_at) * 1000)::bigint, 0),
-                    coalesce((extract(epoch FROM ends_at) * 1000)::bigint, 0)
+                    coalesce((extract(epoch FROM ends_at) * 1000)::bigint, 0),
+                    hold_seconds, max_hold_seconds
              FROM sales WHERE sale_id = $1",
             &[&sale.as_str()],
         )
@@ -174,6 +206,8 @@ pub async fn terms_from_db(
         limit_per_user: r.get(1),
         starts_at_ms: r.get(2),
         ends_at_ms: r.get(3),
+        hold_seconds: r.get(4),
+        max_hold_seconds: r.get(5),
     }))
 }
 
@@ -191,6 +225,12 @@ pub struct SaleView {
     /// Units that became orders (PostgreSQL).
     pub confirmed: i64,
     pub limit_per_user: i64,
+    /// Seconds a reservation waits for payment (0: no holds, it is an order at once).
+    pub hold_seconds: i64,
+    /// The latest an extended hold may expire, in seconds from its reservation.
+    pub max_hold_seconds: i64,
+    /// Units held for payment right now (PostgreSQL's holds not decided yet).
+    pub held: i64,
     /// `open`, or `recovering` while buys are suspended until Redis is rebuilt from
     /// PostgreSQL (Redis went back in time).
     pub status: &'static str,
@@ -216,6 +256,11 @@ pub async fn view_sale(
         .await?
         .map(|r| (r.get(0), r.get(1)))
         .unwrap_or((0, 0));
+    let held = if snapshot.terms.hold_seconds > 0 {
+        holds::held_units(&db, sale).await?
+    } else {
+        0
+    };
     Ok(SaleView {
         sale_id: sale.clone(),
         initial_stock: snapshot.terms.initial_stock,
@@ -224,6 +269,9 @@ pub async fn view_sale(
         released,
         confirmed,
         limit_per_user: snapshot.terms.limit_per_user,
+        hold_seconds: snapshot.terms.hold_seconds,
+        max_hold_seconds: snapshot.terms.max_hold_seconds,
+        held,
         status: if snapshot.suspended {
             "recovering"
         } else {
@@ -262,6 +310,7 @@ mod tests {
                 limit_per_user: 0,
                 starts_at_ms,
                 ends_at_ms,
+                ..SaleTerms::default()
             },
         };
         assert!(sale(0, i64::MAX - 1).check().is_err());
@@ -278,6 +327,7 @@ mod tests {
                 limit_per_user,
                 starts_at_ms: 0,
                 ends_at_ms: 0,
+                ..SaleTerms::default()
             },
         };
         assert!(sale(MAX_UNITS, MAX_UNITS).check().is_ok());

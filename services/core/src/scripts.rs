@@ -25,6 +25,7 @@ static SALE_SNAPSHOT: LazyLock<Script> =
 static FENCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/fence.lua")));
 static REBUILD_SALE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/rebuild_sale.lua")));
+static HOLD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/hold.lua")));
 
 /// The request to take units (`reserve.lua`'s arguments).
 #[derive(Debug, Clone)]
@@ -52,6 +53,9 @@ pub struct Reservation {
     pub fresh: bool,
     /// This reservation's position (fresh), or the sale's current one (replayed).
     pub position: Position,
+    /// When the hold expires (epoch ms): `None` when the sale has no holds, or a
+    /// replayed hold is already settled.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// Why no units were taken.
@@ -116,13 +120,14 @@ pub async fn reserve(
     req: &Reserve<'_>,
 ) -> Result<Reservation, ReserveError> {
     let sale = req.sale_id;
-    let reply: (String, String, String, i64, i64, i64, i64) = RESERVE
+    let reply: (String, String, String, i64, i64, i64, i64, i64) = RESERVE
         .key(keys.meta(sale))
         .key(keys.stock(sale))
         .key(keys.buyers(sale))
         .key(keys.idempotency(sale))
         .key(keys.reservations(sale))
         .key(keys.events(sale))
+        .key(keys.holds(sale))
         .arg(req.reservation_id.to_string())
         .arg(sale.as_str())
         .arg(req.user_id.as_str())
@@ -133,7 +138,7 @@ pub async fn reserve(
         .invoke_async(conn)
         .await
         .map_err(ReserveError::from_redis)?;
-    let (outcome, rid, stream_id, remaining, reserved_at_ms, epoch, seq) = reply;
+    let (outcome, rid, stream_id, remaining, reserved_at_ms, epoch, seq, expires_at_ms) = reply;
     let reservation_id = ReservationId::parse(&rid).map_err(|_| {
         ReserveError::Unexpected(redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
@@ -147,11 +152,12 @@ pub async fn reserve(
         reserved_at_ms,
         fresh: outcome == "reserved",
         position: Position::new(epoch, seq),
+        expires_at_ms: (expires_at_ms > 0).then_some(expires_at_ms),
     })
 }
 
 /// A sale's definition as Redis holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SaleTerms {
     pub initial_stock: i64,
     /// 0 = no limit.
@@ -160,6 +166,11 @@ pub struct SaleTerms {
     pub starts_at_ms: i64,
     /// 0 = never closes.
     pub ends_at_ms: i64,
+    /// How long a reservation waits for payment before it expires; 0 = no holds (every
+    /// reservation becomes an order at once).
+    pub hold_seconds: i64,
+    /// The latest an extended hold may expire, counted from the reservation.
+    pub max_hold_seconds: i64,
 }
 
 /// Runs `create_sale.lua`. Returns false (and changes nothing) when the sale exists.
@@ -176,6 +187,8 @@ pub async fn create_sale(
         .arg(terms.limit_per_user)
         .arg(terms.starts_at_ms)
         .arg(terms.ends_at_ms)
+        .arg(terms.hold_seconds * 1000)
+        .arg(terms.max_hold_seconds * 1000)
         .invoke_async(conn)
         .await?;
     Ok(created == 1)
@@ -209,6 +222,7 @@ pub async fn release(
         .key(keys.buyers(sale))
         .key(keys.reservations(sale))
         .key(keys.events(sale))
+        .key(keys.holds(sale))
         .arg(reservation.to_string())
         .arg(reason)
         .invoke_async(conn)
@@ -233,6 +247,8 @@ pub struct SaleSnapshot {
     /// Units ever given back by `release.lua`.
     pub released: i64,
     pub stream_length: i64,
+    /// Holds not settled in Redis yet (waiting for a confirm, a cancel or expiry).
+    pub holds_waiting: i64,
 }
 
 /// What Redis holds of a sale.
@@ -254,6 +270,7 @@ pub async fn sale_snapshot(
         .key(keys.meta(sale))
         .key(keys.stock(sale))
         .key(keys.events(sale))
+        .key(keys.holds(sale))
         .invoke_async(conn)
         .await?;
     match values.len() {
@@ -275,6 +292,9 @@ pub async fn sale_snapshot(
         ends,
         length,
         suspended,
+        hold_ms,
+        max_hold_ms,
+        holds_waiting,
     ] = numbers[..]
     else {
         return Err(redis::RedisError::from((
@@ -289,11 +309,14 @@ pub async fn sale_snapshot(
             limit_per_user: limit,
             starts_at_ms: starts,
             ends_at_ms: ends,
+            hold_seconds: hold_ms / 1000,
+            max_hold_seconds: max_hold_ms / 1000,
         },
         remaining,
         reserved,
         released,
         stream_length: length,
+        holds_waiting,
     }))
 }
 
@@ -370,10 +393,11 @@ pub async fn rebuild_sale(
     sale: &SaleId,
     rebuild: &Rebuild,
 ) -> Result<(), RebuildError> {
-    let (buyers, idem, reservations) = (
+    let (buyers, idem, reservations, holds) = (
         keys.buyers(sale),
         keys.idempotency(sale),
         keys.reservations(sale),
+        keys.holds(sale),
     );
     let done: redis::RedisResult<i64> = REBUILD_SALE
         .key(keys.meta(sale))
@@ -384,6 +408,8 @@ pub async fn rebuild_sale(
         .key(keys.staged(&buyers))
         .key(keys.staged(&idem))
         .key(keys.staged(&reservations))
+        .key(&holds)
+        .key(keys.staged(&holds))
         .arg(&rebuild.token)
         .arg(rebuild.terms.initial_stock)
         .arg(rebuild.terms.limit_per_user)
@@ -393,6 +419,8 @@ pub async fn rebuild_sale(
         .arg(rebuild.released)
         .arg(rebuild.stock)
         .arg(rebuild.epoch)
+        .arg(rebuild.terms.hold_seconds * 1000)
+        .arg(rebuild.terms.max_hold_seconds * 1000)
         .invoke_async(conn)
         .await;
     match done {
@@ -400,6 +428,42 @@ pub async fn rebuild_sale(
         Err(err) if err.code() == Some("STALE") => Err(RebuildError::Stale),
         Err(err) => Err(err.into()),
     }
+}
+
+/// A decision about a hold, as `hold.lua` applies it in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldChange {
+    /// The hold became this order.
+    Confirmed { order_id: uuid::Uuid },
+    /// The hold's deadline moved to this (epoch ms).
+    Extended { expires_at_ms: i64 },
+}
+
+/// Runs `hold.lua`: applies a confirm or an extension PostgreSQL decided, once.
+/// True when applied now (and its event appended); false when already applied.
+/// A suspended sale answers `SALE_RECOVERING` (the rebuild restores holds from
+/// PostgreSQL).
+pub async fn apply_hold(
+    conn: &mut RedisConn,
+    keys: &Keyspace,
+    sale: &SaleId,
+    reservation: ReservationId,
+    change: HoldChange,
+) -> redis::RedisResult<bool> {
+    let (op, value) = match change {
+        HoldChange::Confirmed { order_id } => ("confirm", order_id.to_string()),
+        HoldChange::Extended { expires_at_ms } => ("extend", expires_at_ms.to_string()),
+    };
+    let applied: i64 = HOLD
+        .key(keys.meta(sale))
+        .key(keys.holds(sale))
+        .key(keys.events(sale))
+        .arg(op)
+        .arg(reservation.to_string())
+        .arg(value)
+        .invoke_async(conn)
+        .await?;
+    Ok(applied == 1)
 }
 
 /// Where a reservation stands in Redis (`reserve.lua`'s record of it).
@@ -457,6 +521,7 @@ mod tests {
             ("sale_snapshot", include_str!("scripts/sale_snapshot.lua")),
             ("fence", include_str!("scripts/fence.lua")),
             ("rebuild_sale", include_str!("scripts/rebuild_sale.lua")),
+            ("hold", include_str!("scripts/hold.lua")),
         ] {
             for needle in ["KEYS[1]", "Returns", "Example"] {
                 assert!(source.contains(needle), "{name}.lua lacks `{needle}`");

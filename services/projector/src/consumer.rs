@@ -2,7 +2,8 @@
 //! PostgreSQL transaction, `XACK` after commit, and dead-letter what is refused for
 //! good; on a timer, run the stream's upkeep (`maintenance`: reclaim, report, idle
 //! consumers) and handle what it reclaimed; on another, check that Redis has not gone
-//! back behind PostgreSQL, and rebuild the sale when it is suspended.
+//! back behind PostgreSQL, and rebuild the sale when it is suspended; on a third, expire
+//! the holds past their deadline (`expiry`).
 //!
 //! Never acknowledge an entry before what it stands for is committed in PostgreSQL,
 //! never dead-letter on a transient error, and never commit a batch from a Redis that
@@ -25,6 +26,7 @@ use crate::ProjectorArgs;
 use crate::dead_letter::dead_letter;
 use crate::entry::Entry;
 use crate::error::ProjectError;
+use crate::expiry::ExpirySweep;
 use crate::held::{self, Held};
 use crate::maintenance::Maintenance;
 use crate::metrics;
@@ -129,6 +131,16 @@ impl SaleProjector {
         let mut fence = tokio::time::interval(Duration::from_millis(self.args.fence_interval_ms));
         fence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fence_failing = false;
+        let mut expiry = tokio::time::interval(Duration::from_millis(self.args.expiry_interval_ms));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = ExpirySweep {
+            sale: self.sale.clone(),
+            keys: self.keys.clone(),
+            redis: self.redis.clone(),
+            pool: self.pool.clone(),
+            batch: self.args.expiry_batch,
+        };
+        let mut expiry_failing = false;
         loop {
             let stopping = *shutdown.borrow();
             tokio::select! {
@@ -153,6 +165,22 @@ impl SaleProjector {
                         Err(err) if !fence_failing => {
                             fence_failing = true;
                             tracing::warn!(sale_id = %self.sale, error = %err, "Sale not live.");
+                        }
+                        _ => {}
+                    }
+                },
+                _ = expiry.tick(), if !stopping => {
+                    match sweep.run_once().await {
+                        Ok(_) if expiry_failing => {
+                            expiry_failing = false;
+                            tracing::info!(sale_id = %self.sale, "Expiry sweep running again.");
+                        }
+                        Err(err) => {
+                            metrics::transient("expiry");
+                            if !expiry_failing {
+                                expiry_failing = true;
+                                tracing::warn!(sale_id = %self.sale, error = %err, "Expiry sweep failed; holds stay until it runs.");
+                            }
                         }
                         _ => {}
                     }
@@ -298,8 +326,13 @@ impl SaleProjector {
         for entry in entries {
             match &entry.event {
                 Ok(SaleEvent::Reserved(r)) => to_confirm.push((entry, r)),
+                // Written after PostgreSQL decided them: nothing left to project.
                 Ok(SaleEvent::Released { .. }) => {
                     metrics::event("released_ack", 1);
+                    outcome.ack.push(entry.id.clone());
+                }
+                Ok(SaleEvent::Confirmed { .. } | SaleEvent::Extended { .. }) => {
+                    metrics::event("hold_ack", 1);
                     outcome.ack.push(entry.id.clone());
                 }
                 Err(err) => outcome
@@ -311,9 +344,11 @@ impl SaleProjector {
             .iter()
             .map(|(e, r)| (e.id.as_str(), *r))
             .collect();
-        match ledger::confirm(&self.pool, &batch).await {
-            Ok(new) => {
-                metrics::event("confirmed", new);
+        match ledger::project(&self.pool, &batch).await {
+            Ok((orders, holds)) => {
+                let new = orders + holds;
+                metrics::event("confirmed", orders);
+                metrics::event("held", holds);
                 metrics::event("duplicate", batch.len() as u64 - new);
                 if new < batch.len() as u64 {
                     self.finish_releases(to_confirm.iter().map(|(_, r)| *r))
@@ -327,9 +362,11 @@ impl SaleProjector {
                 // One entry spoils the batch: find it by projecting one at a time.
                 tracing::info!(sale_id = %self.sale, reason = %refused, "Batch refused; isolating the entry.");
                 for (entry, reserved) in &to_confirm {
-                    match ledger::confirm(&self.pool, &[(entry.id.as_str(), reserved)]).await {
-                        Ok(new) => {
-                            metrics::event("confirmed", new);
+                    match ledger::project(&self.pool, &[(entry.id.as_str(), reserved)]).await {
+                        Ok((orders, holds)) => {
+                            let new = orders + holds;
+                            metrics::event("confirmed", orders);
+                            metrics::event("held", holds);
                             metrics::event("duplicate", 1 - new);
                             if new == 0 {
                                 self.finish_releases(std::iter::once(*reserved)).await?;

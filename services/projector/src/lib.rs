@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod entry;
 pub mod error;
+pub mod expiry;
 pub mod held;
 pub mod maintenance;
 pub mod metrics;
@@ -60,6 +61,13 @@ pub struct ProjectorArgs {
     /// (a suspended sale is rebuilt on the next check).
     #[arg(long, env = "YOINK_FENCE_INTERVAL_MS", default_value_t = 500)]
     pub fence_interval_ms: u64,
+    /// Milliseconds between expiry sweeps of each sale with holds: a hold nobody
+    /// confirmed is released at most about this long after its deadline.
+    #[arg(long, env = "YOINK_EXPIRY_INTERVAL_MS", default_value_t = 200)]
+    pub expiry_interval_ms: u64,
+    /// Most due holds one sweep decides (one PostgreSQL transaction).
+    #[arg(long, env = "YOINK_EXPIRY_BATCH", default_value_t = 1_000)]
+    pub expiry_batch: usize,
     /// Seconds a batch in hand may keep retrying after SIGTERM.
     #[arg(long, env = "YOINK_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -105,6 +113,7 @@ impl ProjectorArgs {
             max_deliveries: 3,
             discover_interval_ms: 100,
             fence_interval_ms: 200,
+            expiry_interval_ms: 100,
             relay: RelayArgs {
                 interval_ms: 50,
                 ..defaults.relay
@@ -127,9 +136,12 @@ impl ProjectorArgs {
             || self.max_deliveries == 0
             || self.relay.batch <= 0
             || self.fence_interval_ms == 0
+            || self.expiry_interval_ms == 0
+            || self.expiry_batch == 0
         {
             return Err(
-                "--batch-size, --max-deliveries, --relay-batch and --fence-interval-ms must be > 0"
+                "--batch-size, --max-deliveries, --relay-batch, --fence-interval-ms, \
+                 --expiry-interval-ms and --expiry-batch must be > 0"
                     .into(),
             );
         }

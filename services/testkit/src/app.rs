@@ -117,6 +117,19 @@ impl TestApp {
 
     /// Creates a sale directly through the core (not over HTTP).
     pub async fn create_sale(&self, id: &str, stock: i64, limit_per_user: i64) -> SaleId {
+        self.create_sale_with(
+            id,
+            SaleTerms {
+                initial_stock: stock,
+                limit_per_user,
+                ..SaleTerms::default()
+            },
+        )
+        .await
+    }
+
+    /// Creates a sale with any terms (holds, times) directly through the core.
+    pub async fn create_sale_with(&self, id: &str, terms: SaleTerms) -> SaleId {
         let sale_id = SaleId::parse(id).expect("test sale ids are valid");
         let pool = self.db.pool();
         let mut redis = self.redis.clone();
@@ -126,12 +139,7 @@ impl TestApp {
             &pool,
             &CreateSale {
                 sale_id: sale_id.clone(),
-                terms: SaleTerms {
-                    initial_stock: stock,
-                    limit_per_user,
-                    starts_at_ms: 0,
-                    ends_at_ms: 0,
-                },
+                terms,
             },
         )
         .await

@@ -109,6 +109,15 @@ struct CreateSaleArgs {
     /// Closing time: RFC 3339 or epoch milliseconds (default: never).
     #[arg(long, env = "YOINK_SALE_ENDS_AT")]
     ends_at: Option<String>,
+    /// Seconds a reservation is held for payment before it expires and its units go
+    /// back on sale; confirm it with POST /reservations/{id}/confirm (0 = no holds:
+    /// every reservation is an order at once).
+    #[arg(long, env = "YOINK_SALE_HOLD_SECONDS", default_value_t = 0)]
+    hold_seconds: i64,
+    /// The latest an extended hold may expire, in seconds from its reservation
+    /// (default: --hold-seconds, so holds cannot be extended).
+    #[arg(long, env = "YOINK_SALE_MAX_HOLD_SECONDS", default_value_t = 0)]
+    max_hold_seconds: i64,
 }
 
 #[tokio::main]
@@ -385,6 +394,8 @@ async fn create_sale(stores: &StoreArgs, args: CreateSaleArgs) -> anyhow::Result
             limit_per_user: args.limit_per_user,
             starts_at_ms: time(&args.starts_at)?,
             ends_at_ms: time(&args.ends_at)?,
+            hold_seconds: args.hold_seconds,
+            max_hold_seconds: args.max_hold_seconds,
         },
     };
     let mut redis = RedisConn::open(stores).await.context("opening Redis")?;

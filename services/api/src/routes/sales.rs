@@ -43,6 +43,13 @@ struct CreateSaleRequest {
     limit_per_user: i64,
     starts_at: Option<TimeInput>,
     ends_at: Option<TimeInput>,
+    /// Seconds a reservation waits for payment (0 or absent: no holds).
+    #[serde(default)]
+    hold_seconds: i64,
+    /// The latest a hold may be extended to, in seconds from its reservation
+    /// (absent: `hold_seconds`, no extensions).
+    #[serde(default)]
+    max_hold_seconds: i64,
 }
 
 /// Admin endpoints need `Authorization: Bearer $YOINK_ADMIN_TOKEN`; with no token
@@ -85,6 +92,8 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response
                 .map(TimeInput::millis)
                 .transpose()?
                 .unwrap_or(0),
+            hold_seconds: input.hold_seconds,
+            max_hold_seconds: input.max_hold_seconds,
         },
     };
     let mut redis = state.redis.clone();

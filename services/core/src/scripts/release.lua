@@ -10,9 +10,12 @@ KEYS[2]  stock         string  units still on sale
 KEYS[3]  buyers        hash    user_id -> units the user holds
 KEYS[4]  reservations  hash    reservation_id -> "state|user_id|quantity|stream_id|reserved_at_ms"
 KEYS[5]  events        stream  the sale's event stream
+KEYS[6]  holds         zset    reservation_id -> expires_at_ms of holds not settled in
+                               Redis; a released hold leaves it (ZREM)
 
 ARGV[1]  reservation_id
-ARGV[2]  reason            short text stored on the `released` event
+ARGV[2]  reason            short text stored on the `released` event (`cancelled` and
+                          `expired` for holds)
 
 Returns  {outcome, quantity}
          outcome "released": units went back on sale now, a `released` event was appended
@@ -30,11 +33,12 @@ Errors   SALE_RECOVERING     the sale is suspended until Redis is rebuilt from P
                              retry after it answers "already")
 
 Example:
-  EVALSHA <sha> 5 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:reservations \
-    {sale:s1}:events 0190f1c2-... "dead-lettered: sale missing in PostgreSQL"
+  EVALSHA <sha> 6 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:reservations \
+    {sale:s1}:events {sale:s1}:holds 0190f1c2-... "dead-lettered: sale missing in PostgreSQL"
 ]]
 
-local meta, stock, buyers, reservations, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, stock, buyers, reservations, events, holds =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local rid, reason = ARGV[1], ARGV[2]
 
 if redis.call('HEXISTS', meta, 'suspended') == 1 then
@@ -54,6 +58,7 @@ if (state ~= 'reserved' and state ~= 'released') or user_id == ''
   return {'malformed', 0}
 end
 if state == 'released' then
+  redis.call('ZREM', holds, rid)
   return {'already', tonumber(qty)}
 end
 
@@ -62,6 +67,7 @@ redis.call('HINCRBY', buyers, user_id, -tonumber(qty))
 redis.call('HINCRBY', meta, 'released', qty)
 redis.call('HSET', reservations, rid,
   'released|' .. user_id .. '|' .. qty .. '|' .. stream_id .. '|' .. at)
+redis.call('ZREM', holds, rid)
 redis.call('XADD', events, '*',
   'type', 'released',
   'reservation_id', rid,

@@ -6,12 +6,15 @@ Every key belongs to one sale and carries the sale's hash tag `{sale:ID}`, so th
 script runs unchanged on Redis Cluster.
 
 KEYS[1]  meta          hash    initial, limit, starts_at_ms, ends_at_ms, reserved, released,
-                               epoch, seq (the sale's position), suspended, suspended_reason
+                               epoch, seq (the sale's position), suspended, suspended_reason,
+                               hold_ms (0 or absent: no holds)
 KEYS[2]  stock         string  units still on sale ("remaining")
 KEYS[3]  buyers        hash    user_id -> units the user holds (reserved - released)
 KEYS[4]  idempotency   hash    Idempotency-Key -> reservation_id
 KEYS[5]  reservations  hash    reservation_id -> "state|user_id|quantity|stream_id|reserved_at_ms"
 KEYS[6]  events        stream  the sale's event stream (XADD, never trimmed here)
+KEYS[7]  holds         zset    reservation_id -> expires_at_ms, for holds not settled in
+                               Redis yet (only written when the sale has hold_ms > 0)
 
 ARGV[1]  reservation_id   UUID made by the caller before the call; the script is
                           idempotent on it, so a call whose reply was lost is retried safely
@@ -24,12 +27,15 @@ ARGV[7]  floor_seq        position it has seen Redis hand out or PostgreSQL reco
                           ("0" "0" when it knows none). A position below it means Redis
                           went back in time: the sale is suspended, nothing is taken.
 
-Returns  {outcome, reservation_id, stream_id, remaining, reserved_at_ms, epoch, seq}
+Returns  {outcome, reservation_id, stream_id, remaining, reserved_at_ms, epoch, seq,
+          expires_at_ms}
          outcome "reserved": units were taken now, the event was appended; (epoch, seq)
                              is this reservation's position
          outcome "replayed": the reservation already existed (same reservation id or same
                              Idempotency-Key); nothing was written; (epoch, seq) is the
                              sale's current position
+         expires_at_ms        when the hold expires (0: the sale has no holds, or a
+                              replayed hold is already settled)
 Errors (code first, as redis.error_reply):
          SALE_RECOVERING      the sale is suspended until Redis is rebuilt from PostgreSQL
                               (it was already, or this call found Redis below its floor
@@ -45,17 +51,17 @@ Everything is checked before anything is written; the only write of a refused ca
 is the suspension itself.
 
 Example:
-  EVALSHA <sha> 6 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:idem \
-    {sale:s1}:reservations {sale:s1}:events 0190f1c2-... s1 alice 1 "" 1 1200
+  EVALSHA <sha> 7 {sale:s1}:meta {sale:s1}:stock {sale:s1}:buyers {sale:s1}:idem \
+    {sale:s1}:reservations {sale:s1}:events {sale:s1}:holds 0190f1c2-... s1 alice 1 "" 1 1200
 ]]
 
-local meta, stock, buyers, idem, reservations, events =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local meta, stock, buyers, idem, reservations, events, holds =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local rid, sale_id, user_id, idem_key = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local qty = tonumber(ARGV[4])
 local floor_epoch, floor_seq = tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or 0
 
-local sale = redis.call('HMGET', meta, 'limit', 'starts_at_ms', 'ends_at_ms', 'epoch', 'seq', 'suspended')
+local sale = redis.call('HMGET', meta, 'limit', 'starts_at_ms', 'ends_at_ms', 'epoch', 'seq', 'suspended', 'hold_ms')
 if sale[6] then
   return redis.error_reply('SALE_RECOVERING the sale is suspended until Redis is rebuilt from PostgreSQL')
 end
@@ -79,7 +85,9 @@ local function replay(existing_rid, record)
   if r_user ~= user_id or tonumber(r_qty) ~= qty then
     return redis.error_reply('IDEMPOTENCY_MISMATCH key was used for another user or quantity')
   end
-  return {'replayed', existing_rid, stream_id, tonumber(redis.call('GET', stock) or '0'), tonumber(at), epoch, seq}
+  local expires_at = tonumber(redis.call('ZSCORE', holds, existing_rid) or '0')
+  return {'replayed', existing_rid, stream_id, tonumber(redis.call('GET', stock) or '0'), tonumber(at), epoch, seq,
+          expires_at}
 end
 
 local record = redis.call('HGET', reservations, rid)
@@ -123,17 +131,23 @@ remaining = redis.call('DECRBY', stock, qty)
 redis.call('HINCRBY', buyers, user_id, qty)
 redis.call('HINCRBY', meta, 'reserved', qty)
 seq = redis.call('HINCRBY', meta, 'seq', 1)
-local stream_id
+-- The event's fields; a hold also carries its deadline.
+local fields = {'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
+  'quantity', qty, 'reserved_at_ms', now_ms, 'epoch', epoch, 'seq', seq}
 if idem_key ~= '' then
-  stream_id = redis.call('XADD', events, '*',
-    'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
-    'quantity', qty, 'reserved_at_ms', now_ms, 'epoch', epoch, 'seq', seq, 'idempotency_key', idem_key)
+  table.insert(fields, 'idempotency_key')
+  table.insert(fields, idem_key)
   redis.call('HSET', idem, idem_key, rid)
-else
-  stream_id = redis.call('XADD', events, '*',
-    'type', 'reserved', 'reservation_id', rid, 'sale_id', sale_id, 'user_id', user_id,
-    'quantity', qty, 'reserved_at_ms', now_ms, 'epoch', epoch, 'seq', seq)
 end
+local hold_ms = tonumber(sale[7]) or 0
+local expires_at = 0
+if hold_ms > 0 then
+  expires_at = now_ms + hold_ms
+  table.insert(fields, 'expires_at_ms')
+  table.insert(fields, expires_at)
+  redis.call('ZADD', holds, expires_at, rid)
+end
+local stream_id = redis.call('XADD', events, '*', unpack(fields))
 redis.call('HSET', reservations, rid,
   'reserved|' .. user_id .. '|' .. qty .. '|' .. stream_id .. '|' .. now_ms)
-return {'reserved', rid, stream_id, remaining, now_ms, epoch, seq}
+return {'reserved', rid, stream_id, remaining, now_ms, epoch, seq, expires_at}

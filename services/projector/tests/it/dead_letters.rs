@@ -36,6 +36,7 @@ async fn redis_only_sale(app: &TestApp, id: &str, stock: i64) -> SaleId {
         limit_per_user: 0,
         starts_at_ms: 0,
         ends_at_ms: 0,
+        ..SaleTerms::default()
     };
     assert!(
         scripts::create_sale(&mut redis, app.keys(), &sale, &terms)

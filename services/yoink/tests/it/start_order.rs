@@ -117,6 +117,7 @@ async fn serve_project_relay_and_watch_started_while_postgres_is_down_wait_for_i
         limit_per_user: 0,
         starts_at_ms: 0,
         ends_at_ms: 0,
+        ..SaleTerms::default()
     };
     scripts::create_sale(&mut conn, &keys, &sale, &terms)
         .await
