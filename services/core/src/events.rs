@@ -232,7 +232,8 @@ mod tests {
         };
         assert_eq!(r.expires_at_ms, Some(1_700_000_600_000));
         for kind in ["confirmed", "extended", "released"] {
-            let event = SaleEvent::from_fields(&fields(&[("type", kind), ("reservation_id", &rid)]));
+            let event =
+                SaleEvent::from_fields(&fields(&[("type", kind), ("reservation_id", &rid)]));
             assert!(event.is_ok(), "{kind}: {event:?}");
         }
         let mut bad = hold.clone();

@@ -388,7 +388,10 @@ pub async fn act(
 /// Returns every one of `ids` PostgreSQL records, as it stands after the sweep (an
 /// extended one is still `held`, with its new deadline; one decided otherwise keeps
 /// that decision), with true for those this call expired.
-pub async fn expire_due(pool: &Pool, ids: &[ReservationId]) -> Result<Vec<(Hold, bool)>, HoldError> {
+pub async fn expire_due(
+    pool: &Pool,
+    ids: &[ReservationId],
+) -> Result<Vec<(Hold, bool)>, HoldError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -416,7 +419,10 @@ pub async fn expire_due(pool: &Pool, ids: &[ReservationId]) -> Result<Vec<(Hold,
 }
 
 /// The hold `id` as PostgreSQL records it, if it does.
-pub async fn find(client: &impl GenericClient, id: ReservationId) -> Result<Option<Hold>, HoldError> {
+pub async fn find(
+    client: &impl GenericClient,
+    id: ReservationId,
+) -> Result<Option<Hold>, HoldError> {
     let row = client
         .query_opt(
             &format!("SELECT {HOLD_COLUMNS} FROM holds h WHERE h.reservation_id = $1"),
@@ -447,9 +453,7 @@ pub async fn record_from_redis(
     sale: &SaleId,
     id: ReservationId,
 ) -> Result<FromRedis, HoldError> {
-    let record: Option<String> = redis
-        .hget(keys.reservations(sale), id.to_string())
-        .await?;
+    let record: Option<String> = redis.hget(keys.reservations(sale), id.to_string()).await?;
     let Some(record) = record else {
         return Ok(FromRedis::Unknown);
     };
@@ -496,12 +500,19 @@ pub enum Applied {
 
 /// Applies in Redis what PostgreSQL decided for `hold` (idempotent): a confirm or an
 /// extension through `hold.lua`, a cancel or an expiry through `release.lua`.
-pub async fn apply(redis: &mut RedisConn, keys: &Keyspace, hold: &Hold) -> Result<Applied, HoldError> {
+pub async fn apply(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    hold: &Hold,
+) -> Result<Applied, HoldError> {
     let r = &hold.reserved;
     let change = match hold.state {
         HoldState::Confirmed => {
             let Some(order_id) = hold.order_id else {
-                return Err(HoldError::Unreadable(r.reservation_id, "confirmed without an order".into()));
+                return Err(HoldError::Unreadable(
+                    r.reservation_id,
+                    "confirmed without an order".into(),
+                ));
             };
             HoldChange::Confirmed { order_id }
         }
@@ -509,8 +520,14 @@ pub async fn apply(redis: &mut RedisConn, keys: &Keyspace, hold: &Hold) -> Resul
             expires_at_ms: hold.expires_at_ms,
         },
         HoldState::Cancelled | HoldState::Expired => {
-            let outcome =
-                scripts::release(redis, keys, &r.sale_id, r.reservation_id, hold.state.as_str()).await?;
+            let outcome = scripts::release(
+                redis,
+                keys,
+                &r.sale_id,
+                r.reservation_id,
+                hold.state.as_str(),
+            )
+            .await?;
             return Ok(match outcome {
                 ReleaseOutcome::Released(units) => Applied::UnitsBack(units),
                 _ => Applied::Already,

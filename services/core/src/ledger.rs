@@ -182,7 +182,8 @@ pub async fn project(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<(u64, u
     if batch.is_empty() {
         return Ok((0, 0));
     }
-    let (holds, orders): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, r)| r.expires_at_ms.is_some());
+    let (holds, orders): (Vec<_>, Vec<_>) =
+        batch.iter().partition(|(_, r)| r.expires_at_ms.is_some());
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let new_orders = confirm_in(&tx, &orders).await?;

@@ -70,7 +70,9 @@ impl ExpirySweep {
             released: 0,
         };
         for (hold, _expired_now) in &standing {
-            if let Applied::UnitsBack(units) = holds::apply(&mut self.redis, &self.keys, hold).await? {
+            if let Applied::UnitsBack(units) =
+                holds::apply(&mut self.redis, &self.keys, hold).await?
+            {
                 swept.released += 1;
                 ::metrics::counter!(metrics::RELEASED_UNITS, "sale" => self.sale.to_string())
                     .increment(units as u64);
@@ -84,11 +86,20 @@ impl ExpirySweep {
         // its `reserved` entry (it is behind, or the entry keeps failing). Record it from
         // Redis so the next pass can decide it.
         if standing.len() < ids.len() {
-            for id in ids
-                .iter()
-                .filter(|id| !standing.iter().any(|(h, _)| h.reserved.reservation_id == **id))
-            {
-                match holds::record_from_redis(&mut self.redis, &self.keys, &self.pool, &self.sale, *id).await {
+            for id in ids.iter().filter(|id| {
+                !standing
+                    .iter()
+                    .any(|(h, _)| h.reserved.reservation_id == **id)
+            }) {
+                match holds::record_from_redis(
+                    &mut self.redis,
+                    &self.keys,
+                    &self.pool,
+                    &self.sale,
+                    *id,
+                )
+                .await
+                {
                     Ok(FromRedis::Recorded) => {}
                     Ok(FromRedis::NotAHold | FromRedis::Unknown) => {
                         // Nothing of it to expire: drop the stray member.

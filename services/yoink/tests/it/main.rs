@@ -3,6 +3,7 @@
 
 mod cluster;
 mod durability;
+mod holds;
 mod one_host;
 mod processes;
 mod reconcile;

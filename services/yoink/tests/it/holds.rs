@@ -1,0 +1,326 @@
+//! Holds under a race: confirm, cancel and expiry fight over the same holds while a
+//! projector is SIGKILLed, and every reservation still ends with exactly one fate.
+
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use redis::AsyncCommands;
+use serde_json::Value;
+use yoink_core::scripts::SaleTerms;
+use yoink_testkit::{AppOptions, TestApp, eventually, spawn_app_with};
+
+use crate::{YOINK, signal};
+
+const TOKEN: &str = "checkout-secret";
+
+fn start_projector(app: &TestApp, name: &str) -> Child {
+    app.yoink_command(YOINK)
+        .args(["project", "--consumer", name])
+        .args(["--block-ms", "100", "--claim-idle-ms", "500"])
+        .args([
+            "--claim-interval-ms",
+            "100",
+            "--discover-interval-ms",
+            "100",
+        ])
+        .args(["--expiry-interval-ms", "100"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn yoink project")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `POST /reservations/{id}/{action}` with the checkout token.
+async fn decide(app: &TestApp, id: &str, action: &str) -> (u16, Value) {
+    let req = app
+        .http
+        .post(format!("{}/reservations/{id}/{action}", app.base))
+        .bearer_auth(TOKEN);
+    TestApp::status_and_json(req).await
+}
+
+/// Buys one unit each for `buyers`; returns the 202 bodies.
+async fn buy_all(app: &TestApp, sale: &str, buyers: impl Iterator<Item = String>) -> Vec<Value> {
+    let answers = join_all(buyers.map(|user| async move { app.buy(sale, &user, 1).await })).await;
+    for (status, body) in &answers {
+        assert!(
+            *status == 202 || (*status == 409 && body["error"] == "sold_out"),
+            "a buy answered {status} {body}"
+        );
+    }
+    answers
+        .into_iter()
+        .filter(|(status, _)| *status == 202)
+        .map(|(_, body)| body)
+        .collect()
+}
+
+fn id_of(hold: &Value) -> String {
+    hold["reservation_id"]
+        .as_str()
+        .expect("a 202 names its reservation")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
+    let app = Arc::new(
+        spawn_app_with(AppOptions {
+            admin_token: Some(TOKEN.into()),
+            ..AppOptions::default()
+        })
+        .await,
+    );
+    let initial = 600;
+    let sale = app
+        .create_sale_with(
+            "holds-race",
+            SaleTerms {
+                initial_stock: initial,
+                hold_seconds: 2,
+                ..SaleTerms::default()
+            },
+        )
+        .await;
+    let mut doomed = start_projector(&app, "doomed");
+    let mut survivor = start_projector(&app, "survivor");
+
+    // 1,000 buyers on 600 units: 600 holds, 400 sold out.
+    let first = buy_all(
+        &app,
+        sale.as_str(),
+        (0..1_000).map(|i| format!("buyer-{i}")),
+    )
+    .await;
+    assert_eq!(first.len() as i64, initial, "every unit is held once");
+    let deadline_of = |hold: &Value| {
+        hold["expires_at_ms"]
+            .as_i64()
+            .expect("a hold has a deadline")
+    };
+    for hold in &first {
+        let left = deadline_of(hold) - now_ms();
+        assert!(
+            (1_000..=2_100).contains(&left),
+            "expires_at is ~2 s ahead: {hold}"
+        );
+    }
+
+    // Thirds: confirmed now, cancelled now, left to expire. Of those left to expire,
+    // half get a confirm right at the deadline (either answer is fine, but it must
+    // match the fate), half one that is clearly late (it must be 409 hold_expired).
+    let mut work = Vec::new();
+    for (i, hold) in first.iter().enumerate() {
+        let app = app.clone();
+        let id = id_of(hold);
+        let deadline = deadline_of(hold);
+        work.push(tokio::spawn(async move {
+            let (kind, at) = match i % 6 {
+                0 | 1 => ("confirm", now_ms()),
+                2 | 3 => ("cancel", now_ms()),
+                4 => ("confirm-at-deadline", deadline),
+                _ => ("confirm-late", deadline + 1_500),
+            };
+            let wait = (at - now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let action = if kind == "cancel" {
+                "cancel"
+            } else {
+                "confirm"
+            };
+            let answer = decide(&app, &id, action).await;
+            (id, kind, answer)
+        }));
+    }
+    // Midway through the checkout calls, before any deadline.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    signal(&doomed, "-KILL");
+    let _ = doomed.wait();
+
+    let mut answers: HashMap<String, (&str, u16, Value)> = HashMap::new();
+    for task in work {
+        let (id, kind, (status, body)) = task.await.expect("checkout call");
+        answers.insert(id, (kind, status, body));
+    }
+
+    // Every first-round hold is decided, and its units are back or sold.
+    let pool = app.db.pool();
+    let db = pool.get().await.expect("db");
+    let settled = eventually(Duration::from_secs(20), || async {
+        app.db
+            .scalar("SELECT count(*) FROM holds WHERE state = 'held'")
+            .await
+            == 0
+    })
+    .await;
+    assert!(settled, "holds still waiting after their deadline");
+
+    let fates: HashMap<String, (String, Option<String>)> = db
+        .query(
+            "SELECT reservation_id::text, fate, reason FROM reservation_fates",
+            &[],
+        )
+        .await
+        .expect("fates")
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let orders: HashMap<String, String> = db
+        .query(
+            "SELECT reservation_id::text, order_id::text FROM orders",
+            &[],
+        )
+        .await
+        .expect("orders")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(fates.len(), first.len(), "one fate per hold, no more");
+    for (id, (kind, status, body)) in &answers {
+        let (fate, reason) = fates.get(id).expect("every hold has a fate");
+        match (*kind, *status) {
+            ("confirm", 200) | ("confirm-at-deadline", 200) => {
+                assert_eq!(fate, "confirmed", "{id}: a 200 confirm is an order");
+                assert_eq!(
+                    body["order_id"].as_str(),
+                    orders.get(id).map(String::as_str),
+                    "{id}: the order answered is the order written"
+                );
+            }
+            ("cancel", 200) => {
+                assert_eq!(
+                    (fate.as_str(), reason.as_deref()),
+                    ("released", Some("cancelled"))
+                );
+            }
+            ("confirm-at-deadline", 409) | ("confirm-late", 409) => {
+                assert_eq!(body["error"], "hold_expired", "{id}: {body}");
+                assert_eq!(
+                    (fate.as_str(), reason.as_deref()),
+                    ("released", Some("expired"))
+                );
+            }
+            _ => panic!("{id}: {kind} answered {status} {body}"),
+        }
+    }
+    let late = answers
+        .values()
+        .filter(|(k, _, _)| *k == "confirm-late")
+        .count();
+    assert_eq!(
+        answers
+            .values()
+            .filter(|(k, s, _)| *k == "confirm-late" && *s == 409)
+            .count(),
+        late,
+        "every confirm after expiry answered 409"
+    );
+    assert_eq!(
+        db.query_one(
+            "SELECT count(*) FROM orders o JOIN reservation_fates f USING (reservation_id)
+             WHERE f.fate = 'released'",
+            &[],
+        )
+        .await
+        .expect("overlap")
+        .get::<_, i64>(0),
+        0,
+        "no unit is both sold and released"
+    );
+
+    // The released units are on sale again, exactly once each, and later buyers get them.
+    let released = fates.values().filter(|(f, _)| f == "released").count() as i64;
+    let stock_key = app.keys().stock(&sale);
+    let mut redis = app.redis.clone();
+    let back = eventually(Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let key = stock_key.clone();
+        async move { redis.get::<_, i64>(&key).await.ok() == Some(released) }
+    })
+    .await;
+    let stock: i64 = redis.get(&stock_key).await.expect("stock");
+    assert!(back, "released {released} units, {stock} back on sale");
+    let second = buy_all(&app, sale.as_str(), (0..1_000).map(|i| format!("late-{i}"))).await;
+    assert_eq!(
+        second.len() as i64,
+        released,
+        "every released unit sold again, once"
+    );
+    for hold in &second {
+        let (status, body) = decide(&app, &id_of(hold), "confirm").await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Drained: every reservation has one fate; confirmed + remaining = initial.
+    let mut last = start_projector(&app, "last");
+    assert!(app.wait_drained(&sale, Duration::from_secs(30)).await);
+    let reservations = first.len() + second.len();
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(*) FROM reservation_fates")
+            .await,
+        reservations as i64
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(DISTINCT reservation_id) FROM orders")
+            .await,
+        app.db.scalar("SELECT count(*) FROM orders").await
+    );
+    let confirmed = app
+        .db
+        .scalar("SELECT coalesce(sum(quantity), 0)::bigint FROM orders")
+        .await;
+    let remaining: i64 = redis.get(&stock_key).await.expect("stock");
+    assert_eq!(
+        confirmed + remaining,
+        initial,
+        "confirmed + remaining = initial"
+    );
+    assert_eq!(remaining, 0, "every unit ended as an order");
+    let meta = app.keys().meta(&sale);
+    let (reserved, released_in_redis): (i64, i64) = (
+        redis.hget(&meta, "reserved").await.expect("reserved"),
+        redis.hget(&meta, "released").await.expect("released"),
+    );
+    assert_eq!(
+        reserved - released_in_redis,
+        confirmed,
+        "reserved = confirmed + released"
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT released_units FROM sales WHERE sale_id = 'holds-race'")
+            .await,
+        released_in_redis,
+        "PostgreSQL and Redis agree on the released units"
+    );
+    let waiting: i64 = redis.zcard(app.keys().holds(&sale)).await.expect("holds");
+    assert_eq!(waiting, 0, "no hold left waiting in Redis");
+
+    // Expiries happened within a second or so of their deadlines, though a projector died.
+    let worst_lag_ms = app
+        .db
+        .scalar(
+            "SELECT coalesce(max(extract(epoch FROM decided_at - expires_at) * 1000), 0)::bigint
+             FROM holds WHERE state = 'expired'",
+        )
+        .await;
+    assert!(
+        worst_lag_ms < 1_500,
+        "an expiry came {worst_lag_ms} ms late"
+    );
+
+    signal(&survivor, "-TERM");
+    signal(&last, "-TERM");
+    let _ = survivor.wait();
+    let _ = last.wait();
+}
