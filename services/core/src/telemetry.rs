@@ -36,22 +36,25 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+/// Hold expiry lag (`expires_at` to units back on sale): a sweep runs every
+/// `--expiry-interval-ms` (200 ms), so fine around 0.1-1 s (1 s is the
+/// `YoinkHoldExpiryLag` threshold), then coarse up to minutes (no projector running).
+const HOLD_EXPIRY_LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Reservation to confirm of a hold: a buyer paying takes seconds to minutes, and a
+/// hold may be extended up to 7 days.
+const HOLD_CONFIRM_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+    86400.0, 259200.0, 604800.0,
+];
 
 /// The process-wide recorder's handle; installs the recorder on first use (tests run
 /// many apps in one process, so this must be callable many times).
 pub fn prometheus() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full("yoink_projector_batch_size".into()),
-                        BATCH_SIZE_BUCKETS,
-                    )
-                })
-                .expect("bucket lists are non-empty constants")
-                .build_recorder();
+            let recorder = builder().build_recorder();
             let handle = recorder.handle();
             // Only fails when another recorder was installed first; metrics then go
             // there and this handle renders an empty page, which tests would show.
@@ -71,6 +74,32 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The recorder's settings: histogram buckets per metric. A `Full` name wins over the
+/// `_seconds` suffix (the exporter tries exact names first).
+fn builder() -> PrometheusBuilder {
+    let per_metric: [(Matcher, &[f64]); 4] = [
+        (Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS),
+        (
+            Matcher::Full("yoink_projector_batch_size".into()),
+            BATCH_SIZE_BUCKETS,
+        ),
+        (
+            Matcher::Full(crate::holds::EXPIRY_LAG_SECONDS.into()),
+            HOLD_EXPIRY_LAG_BUCKETS,
+        ),
+        (
+            Matcher::Full(crate::holds::CONFIRM_SECONDS.into()),
+            HOLD_CONFIRM_BUCKETS,
+        ),
+    ];
+    per_metric
+        .into_iter()
+        .try_fold(PrometheusBuilder::new(), |b, (matcher, buckets)| {
+            b.set_buckets_for_metric(matcher, buckets)
+        })
+        .expect("bucket lists are non-empty constants")
 }
 
 /// Why no metrics listener could be opened.
@@ -233,6 +262,32 @@ pub async fn serve_metrics(listener: TcpListener, shutdown: impl std::future::Fu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_histograms_get_their_own_buckets_and_other_durations_keep_the_latency_ones() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!(crate::holds::EXPIRY_LAG_SECONDS).record(0.3);
+            metrics::histogram!(crate::holds::CONFIRM_SECONDS).record(90.0);
+            metrics::histogram!("yoink_test_seconds").record(0.003);
+        });
+        let page = handle.render();
+        for line in [
+            "yoink_hold_expiry_lag_seconds_bucket{le=\"0.3\"} 1",
+            "yoink_hold_expiry_lag_seconds_bucket{le=\"300\"} 1",
+            "yoink_hold_confirm_seconds_bucket{le=\"60\"} 0",
+            "yoink_hold_confirm_seconds_bucket{le=\"120\"} 1",
+            "yoink_hold_confirm_seconds_bucket{le=\"604800\"} 1",
+            "yoink_test_seconds_bucket{le=\"0.005\"} 1",
+        ] {
+            assert!(page.contains(line), "{line:?} missing from:\n{page}");
+        }
+        assert!(
+            !page.contains("yoink_hold_expiry_lag_seconds_bucket{le=\"0.0005\"}"),
+            "the hold histograms must not get the latency buckets:\n{page}"
+        );
+    }
 
     #[tokio::test]
     async fn a_second_process_gets_its_own_metrics_port_and_says_which() {
