@@ -275,8 +275,14 @@ async fn release_in(
         .prepare_cached(
             "WITH due AS (
                  UPDATE holds SET state = $2, decided_at = now()
-                 WHERE reservation_id = ANY($1) AND state = 'held'
-                   AND (NOT $3 OR expires_at <= now())
+                 WHERE reservation_id IN (
+                     -- A hold another transaction is deciding right now (a confirm, or
+                     -- another projector's sweep) is skipped, not waited for: whoever
+                     -- holds the lock decides it, and the next sweep sees the outcome.
+                     SELECT reservation_id FROM holds
+                     WHERE reservation_id = ANY($1) AND state = 'held'
+                       AND (NOT $3 OR expires_at <= now())
+                     FOR UPDATE SKIP LOCKED)
                  RETURNING *
              ), decided AS (
                  INSERT INTO reservation_fates
