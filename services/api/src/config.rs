@@ -18,6 +18,11 @@ pub struct ApiArgs {
     #[arg(long, env = "YOINK_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Bearer token of the checkout side (POST /reservations/{id}/confirm, /cancel,
+    /// /extend); unset = the admin token; neither set = those endpoints refuse.
+    #[arg(long, env = "YOINK_CHECKOUT_TOKEN", hide_env_values = true)]
+    pub checkout_token: Option<String>,
+
     /// Most reserve scripts in flight at once; beyond it /buy answers 503 at once
     /// instead of queueing into Redis timeouts.
     #[arg(long, env = "YOINK_MAX_IN_FLIGHT", default_value_t = 4096)]
@@ -168,6 +173,7 @@ mod tests {
         assert_eq!(args.fence_refresh_ms, 1_000);
         assert_eq!(args.durability, Level::None);
         assert!(args.admin_token.is_none());
+        assert!(args.checkout_token.is_none());
         assert_eq!(args.check(), Ok(()));
     }
 

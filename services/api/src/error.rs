@@ -15,6 +15,8 @@ use hyper::header::{HeaderValue, RETRY_AFTER};
 use serde_json::json;
 use yoink_core::ReservationId;
 use yoink_core::db::{self, DbError};
+use yoink_core::holds::HoldError;
+use yoink_core::ledger::LedgerError;
 use yoink_core::redis_store;
 use yoink_core::sales::SaleError;
 use yoink_core::scripts::ReserveError;
@@ -29,11 +31,16 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
     /// 401 unauthorized
-    #[error("missing or wrong admin token")]
+    #[error("missing or wrong bearer token")]
     Unauthorized,
     /// 403 admin_disabled
     #[error("admin endpoints are disabled: set YOINK_ADMIN_TOKEN to enable them")]
     AdminDisabled,
+    /// 403 checkout_disabled
+    #[error(
+        "checkout endpoints are disabled: set YOINK_CHECKOUT_TOKEN (or YOINK_ADMIN_TOKEN) to enable them"
+    )]
+    CheckoutDisabled,
     /// 403 sale_closed
     #[error("the sale is not open")]
     SaleClosed,
@@ -55,6 +62,28 @@ pub enum ApiError {
     /// 409 sale_exists
     #[error("a sale with this id exists; its stock was not changed")]
     SaleExists,
+    /// 409 not_a_hold: its sale has no holds, or PostgreSQL decided it without one
+    #[error(
+        "this reservation is not a hold (its sale has no hold_seconds): it becomes an order by itself; GET /reservations/ID shows its fate"
+    )]
+    NotAHold,
+    /// 409 hold_expired
+    #[error("the hold expired before it was confirmed; its units went back on sale")]
+    HoldExpired,
+    /// 409 hold_cancelled
+    #[error("the hold was cancelled; its units went back on sale")]
+    HoldCancelled,
+    /// 409 hold_confirmed
+    #[error("the hold was confirmed: it is an order")]
+    HoldConfirmed,
+    /// 409 hold_extension_limit
+    #[error(
+        "the hold already expires at its limit, {expires_at}: max_hold_seconds ({max_hold_seconds}) after its reservation"
+    )]
+    HoldExtensionLimit {
+        expires_at: String,
+        max_hold_seconds: i64,
+    },
     /// 413 payload_too_large
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -97,10 +126,16 @@ impl ApiError {
         match self {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminDisabled | SaleClosed => StatusCode::FORBIDDEN,
+            AdminDisabled | CheckoutDisabled | SaleClosed => StatusCode::FORBIDDEN,
             NotFound | UnknownSale | UnknownReservation => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            SoldOut | SaleExists => StatusCode::CONFLICT,
+            SoldOut
+            | SaleExists
+            | NotAHold
+            | HoldExpired
+            | HoldCancelled
+            | HoldConfirmed
+            | HoldExtensionLimit { .. } => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
@@ -117,6 +152,7 @@ impl ApiError {
             InvalidRequest(_) => "invalid_request",
             Unauthorized => "unauthorized",
             AdminDisabled => "admin_disabled",
+            CheckoutDisabled => "checkout_disabled",
             SaleClosed => "sale_closed",
             NotFound => "not_found",
             UnknownSale => "unknown_sale",
@@ -124,6 +160,11 @@ impl ApiError {
             MethodNotAllowed(_) => "method_not_allowed",
             SoldOut => "sold_out",
             SaleExists => "sale_exists",
+            NotAHold => "not_a_hold",
+            HoldExpired => "hold_expired",
+            HoldCancelled => "hold_cancelled",
+            HoldConfirmed => "hold_confirmed",
+            HoldExtensionLimit { .. } => "hold_extension_limit",
             PayloadTooLarge(_) => "payload_too_large",
             IdempotencyKeyReused => "idempotency_key_reused",
             LimitExceeded => "limit_exceeded",
@@ -164,6 +205,7 @@ impl ApiError {
             ApiError::InvalidRequest(_)
             | ApiError::Unauthorized
             | ApiError::AdminDisabled
+            | ApiError::CheckoutDisabled
             | ApiError::SaleClosed
             | ApiError::NotFound
             | ApiError::UnknownSale
@@ -171,6 +213,11 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_)
             | ApiError::SoldOut
             | ApiError::SaleExists
+            | ApiError::NotAHold
+            | ApiError::HoldExpired
+            | ApiError::HoldCancelled
+            | ApiError::HoldConfirmed
+            | ApiError::HoldExtensionLimit { .. }
             | ApiError::PayloadTooLarge(_)
             | ApiError::IdempotencyKeyReused
             | ApiError::LimitExceeded => return,
@@ -277,6 +324,19 @@ impl From<SaleError> for ApiError {
     }
 }
 
+impl From<HoldError> for ApiError {
+    fn from(err: HoldError) -> Self {
+        match err {
+            HoldError::Ledger(LedgerError::Pool(e)) => ApiError::db(DbError::Pool(e)),
+            HoldError::Ledger(LedgerError::Postgres(e)) => ApiError::db(DbError::Query(e)),
+            HoldError::Ledger(e @ LedgerError::Refused(_)) => ApiError::Internal(e.to_string()),
+            HoldError::Redis(e) if e.code() == Some("SALE_RECOVERING") => ApiError::SaleRecovering,
+            HoldError::Redis(e) => ApiError::redis(e),
+            e @ HoldError::Unreadable(..) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
         ApiError::db(DbError::Query(err))
@@ -299,9 +359,23 @@ mod tests {
             (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::AdminDisabled, 403, "admin_disabled"),
+            (ApiError::CheckoutDisabled, 403, "checkout_disabled"),
             (ApiError::SaleClosed, 403, "sale_closed"),
             (ApiError::UnknownSale, 404, "unknown_sale"),
+            (ApiError::UnknownReservation, 404, "unknown_reservation"),
             (ApiError::SoldOut, 409, "sold_out"),
+            (ApiError::NotAHold, 409, "not_a_hold"),
+            (ApiError::HoldExpired, 409, "hold_expired"),
+            (ApiError::HoldCancelled, 409, "hold_cancelled"),
+            (ApiError::HoldConfirmed, 409, "hold_confirmed"),
+            (
+                ApiError::HoldExtensionLimit {
+                    expires_at: "2026-11-27T08:05:00.000Z".into(),
+                    max_hold_seconds: 300,
+                },
+                409,
+                "hold_extension_limit",
+            ),
             (ApiError::PayloadTooLarge(4096), 413, "payload_too_large"),
             (ApiError::LimitExceeded, 429, "limit_exceeded"),
             (ApiError::Overloaded, 503, "overloaded"),
@@ -321,6 +395,31 @@ mod tests {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.code(), code);
         }
+    }
+
+    #[test]
+    fn hold_errors_of_a_store_down_or_a_sale_recovering_are_503() {
+        let redis_down = HoldError::Redis(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        )));
+        let pool = HoldError::Ledger(LedgerError::Pool(deadpool_postgres::PoolError::Timeout(
+            deadpool_postgres::TimeoutType::Wait,
+        )));
+        let recovering = HoldError::Redis(redis::make_extension_error(
+            "SALE_RECOVERING".into(),
+            Some("the sale is suspended".into()),
+        ));
+        for (err, code) in [
+            (redis_down, "unavailable"),
+            (pool, "unavailable"),
+            (recovering, "sale_recovering"),
+        ] {
+            let err = ApiError::from(err);
+            assert_eq!((err.status().as_u16(), err.code()), (503, code), "{err:?}");
+        }
+        let unreadable = ApiError::from(HoldError::Unreadable(ReservationId::new(), "x".into()));
+        assert_eq!(unreadable.code(), "internal");
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Yoink's HTTP API on raw hyper 1.x: `/buy`, `/sales`, `/reservations`, health and
-//! metrics. `run` serves on an already-bound listener, so tests bind port 0.
+//! Yoink's HTTP API on raw hyper 1.x: `/buy`, `/sales`, `/reservations` (and the
+//! checkout side's hold decisions), health and metrics. `run` serves on an already-bound listener, so tests bind port 0.
 //!
 //! The API never writes PostgreSQL on the `/buy` path: a buy is one Redis script call.
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod durability;
@@ -42,7 +43,9 @@ pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, Start
         redis,
         keys: Keyspace::new(stores.key_prefix.clone()),
         pool,
-        admin_token: args.admin_token.as_deref().map(Arc::from),
+        admin_token: auth::configured(args.admin_token.as_deref()),
+        checkout_token: auth::configured(args.checkout_token.as_deref())
+            .or_else(|| auth::configured(args.admin_token.as_deref())),
         reserve_permits: Arc::new(Semaphore::new(args.max_in_flight)),
         max_in_flight: args.max_in_flight,
         metrics: telemetry::prometheus(),

@@ -22,6 +22,10 @@ pub enum Route {
     Sales,
     Sale(String),
     Reservation(String),
+    /// The checkout side's decisions about a hold.
+    ConfirmHold(String),
+    CancelHold(String),
+    ExtendHold(String),
     Healthz,
     Readyz,
     Metrics,
@@ -44,6 +48,9 @@ impl Route {
             ["sales"] => Route::Sales,
             ["sales", id] => Route::Sale(decoded(id)),
             ["reservations", id] => Route::Reservation(decoded(id)),
+            ["reservations", id, "confirm"] => Route::ConfirmHold(decoded(id)),
+            ["reservations", id, "cancel"] => Route::CancelHold(decoded(id)),
+            ["reservations", id, "extend"] => Route::ExtendHold(decoded(id)),
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
@@ -57,6 +64,9 @@ impl Route {
             Route::Sales => "/sales",
             Route::Sale(_) => "/sales/{id}",
             Route::Reservation(_) => "/reservations/{id}",
+            Route::ConfirmHold(_) => "/reservations/{id}/confirm",
+            Route::CancelHold(_) => "/reservations/{id}/cancel",
+            Route::ExtendHold(_) => "/reservations/{id}/extend",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
@@ -74,6 +84,12 @@ pub async fn dispatch(state: AppState, req: Request<Incoming>) -> Response {
         (Route::Buy, _) => Err(ApiError::MethodNotAllowed("POST")),
         (Route::Sales, &Method::POST) => routes::sales::create(&state, req).await,
         (Route::Sales, _) => Err(ApiError::MethodNotAllowed("POST")),
+        (Route::ConfirmHold(id), &Method::POST) => routes::holds::confirm(&state, req, id).await,
+        (Route::CancelHold(id), &Method::POST) => routes::holds::cancel(&state, req, id).await,
+        (Route::ExtendHold(id), &Method::POST) => routes::holds::extend(&state, req, id).await,
+        (Route::ConfirmHold(_) | Route::CancelHold(_) | Route::ExtendHold(_), _) => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
         (Route::Sale(id), &Method::GET) => routes::sales::show(&state, id).await,
         (Route::Reservation(id), &Method::GET) => routes::reservations::show(&state, id).await,
         (Route::Healthz, &Method::GET) => Ok(routes::health::healthz()),
@@ -111,6 +127,9 @@ mod tests {
             "/sales",
             "/sales/x",
             "/reservations/x",
+            "/reservations/x/confirm",
+            "/reservations/x/cancel",
+            "/reservations/x/extend",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -130,6 +149,22 @@ mod tests {
             "/reservations/{id}"
         );
         assert_eq!(Route::parse("/sales/s1").template(), "/sales/{id}");
+        assert_eq!(
+            Route::parse("/reservations/abc/confirm").template(),
+            "/reservations/{id}/confirm"
+        );
+        assert_eq!(
+            Route::parse("/reservations/abc/cancel"),
+            Route::CancelHold("abc".into())
+        );
+        assert_eq!(
+            Route::parse("/reservations/abc/extend").template(),
+            "/reservations/{id}/extend"
+        );
+        assert_eq!(
+            Route::parse("/reservations/abc/refund").template(),
+            "unmatched"
+        );
         assert_eq!(Route::parse("/buy").template(), "/buy");
         assert_eq!(Route::parse("/buy/extra").template(), "unmatched");
         assert_eq!(Route::parse("/").template(), "unmatched");

@@ -1,4 +1,4 @@
-//! What every request handler shares: store handles, keys, the admin token, the bound
+//! What every request handler shares: store handles, keys, the bearer tokens, the bound
 //! on reserve calls in flight, the sales' position floors, the sales a reservation id
 //! can belong to and the durability level.
 //! Cheap to clone; holds no per-request state.
@@ -20,7 +20,11 @@ pub struct AppState {
     pub redis: RedisConn,
     pub keys: Keyspace,
     pub pool: Pool,
+    /// `POST /sales`; `None`: admin endpoints are off.
     pub admin_token: Option<Arc<str>>,
+    /// The hold decisions (`/reservations/{id}/confirm`, ...): `--checkout-token`, else
+    /// the admin token; `None`: those endpoints are off.
+    pub checkout_token: Option<Arc<str>>,
     /// Permits for reserve scripts in flight; `try_acquire` failing means 503 now.
     pub reserve_permits: Arc<Semaphore>,
     pub max_in_flight: usize,

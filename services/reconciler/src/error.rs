@@ -8,10 +8,14 @@ use yoink_core::ledger::LedgerError;
 use yoink_core::rebuild::RecoveryError;
 use yoink_core::{IdError, SaleId};
 
-/// Exit codes: 0 consistent, 1 flagged (diverged, oversold, recovering, data lost),
-/// these below for a run that could not finish, and 64 for a command-line error
-/// (`EX_USAGE`, set by the binary for every subcommand).
+/// Exit codes: 0 consistent, 1 flagged (diverged, oversold, recovering, data lost,
+/// holds overdue: `Verdict`), these below for a run that could not finish, and 64 for a
+/// command-line error (`EX_USAGE`, set by the binary for every subcommand).
 pub mod exit {
+    /// Every sale checked is consistent (or only in flight).
+    pub const CONSISTENT: i32 = 0;
+    /// At least one sale is flagged (`report::Status::is_flagged`), whichever the kind.
+    pub const FLAGGED: i32 = 1;
     /// A store could not be read (or, during a repair, written).
     pub const STORE: i32 = 2;
     /// The sale named with `--sale` is known to neither store.
@@ -100,5 +104,29 @@ mod tests {
         assert_eq!(garbage.exit_code(), exit::USAGE);
         assert_eq!(outage.exit_code(), exit::STORE);
         assert_ne!(exit::UNKNOWN_SALE, exit::STORE);
+    }
+
+    #[test]
+    fn every_flagged_status_exits_1_apart_from_every_failure() {
+        use crate::Verdict;
+        use crate::report::Status;
+        for status in [
+            Status::Diverged,
+            Status::Recovering,
+            Status::HoldsOverdue,
+            Status::DataLost,
+            Status::Oversold,
+        ] {
+            assert!(status.is_flagged(), "{status:?}");
+        }
+        for status in [Status::Consistent, Status::InFlight, Status::Unsettled] {
+            assert!(!status.is_flagged(), "{status:?}");
+        }
+        assert_eq!(Verdict::Flagged.exit_code(), exit::FLAGGED);
+        assert_eq!(Verdict::Consistent.exit_code(), exit::CONSISTENT);
+        for failure in [exit::STORE, exit::UNKNOWN_SALE, exit::USAGE] {
+            assert_ne!(failure, exit::FLAGGED);
+            assert_ne!(failure, exit::CONSISTENT);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The reconciler: compares each sale's Redis state with PostgreSQL's ledger and flags
-//! oversell (always) and divergence (lost or phantom units that hold still for the
-//! grace period). Read-only unless `--repair --yes` (and except that a sale found with
+//! oversell (always), divergence (lost or phantom units that hold still for the grace
+//! period) and holds nobody expired (still `held` the grace period past their
+//! deadline). Read-only unless `--repair --yes` (and except that a sale found with
 //! Redis behind PostgreSQL is suspended); safe to run during a live sale.
 //!
 //! This file holds the settings and the two ways to run: once (`run_once`) and
@@ -41,7 +42,9 @@ pub struct ReconcileArgs {
     /// Run forever, checking every SECS seconds and exporting gauges.
     #[arg(long, value_name = "SECS", env = "YOINK_RECONCILE_WATCH")]
     pub watch: Option<u64>,
-    /// Seconds a divergence must hold still, with the same values, to be flagged.
+    /// Seconds a divergence must hold still, with the same values, to be flagged; also
+    /// how long past its deadline a hold may stay held before it is flagged overdue
+    /// (at least 1).
     #[arg(long, env = "YOINK_RECONCILE_GRACE", default_value_t = 5)]
     pub grace: u64,
     /// Plan repairs for diverged sales (prints the plan; applies it only with --yes).
@@ -71,9 +74,30 @@ impl ReconcileArgs {
         }
         Ok(())
     }
+
+    /// How long past its deadline a hold may stay `held` before it counts as overdue:
+    /// the grace period, at least `MIN_OVERDUE_SECS`.
+    ///
+    /// Why the grace: it is already the operator's word for "how long may the stores
+    /// disagree before someone is woken", and an overdue hold is the same kind of
+    /// lateness (a healthy projector sweeps every ~200 ms, so a hold is released well
+    /// within the default 5 s; one still held after that means no projector is
+    /// sweeping the sale, or it cannot reach a store). The deadline is in PostgreSQL,
+    /// so the lateness is measured there in one read: unlike a divergence, no second
+    /// look after the grace is needed. Why the floor: `--grace 0` would flag every hold
+    /// the sweep has simply not reached yet (it runs every ~200 ms, then commits).
+    pub fn overdue_after(&self) -> Duration {
+        Duration::from_secs(self.grace.max(MIN_OVERDUE_SECS))
+    }
 }
 
-/// The outcome of a run, as an exit code: 0 consistent, 1 diverged or oversold.
+/// The least `overdue_after`, whatever `--grace` says: several expiry sweeps' time.
+pub const MIN_OVERDUE_SECS: u64 = 1;
+
+/// The outcome of a run, as an exit code: 0 consistent (in flight counts as consistent),
+/// 1 flagged: at least one sale diverged, oversold, recovering, lost data or has holds
+/// overdue (`Status::is_flagged`). Runs that cannot finish exit with
+/// `error::exit` codes instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Consistent,
@@ -83,8 +107,8 @@ pub enum Verdict {
 impl Verdict {
     pub fn exit_code(self) -> i32 {
         match self {
-            Verdict::Consistent => 0,
-            Verdict::Flagged => 1,
+            Verdict::Consistent => error::exit::CONSISTENT,
+            Verdict::Flagged => error::exit::FLAGGED,
         }
     }
 }
@@ -97,6 +121,11 @@ pub const LAST_SUCCESS: &str = "yoink_reconcile_last_success_timestamp_seconds";
 pub const LOST_RESERVATIONS: &str = "yoink_reconcile_lost_reservations";
 /// 1 while a sale's Redis is behind PostgreSQL (suspended) past the grace period.
 pub const RECOVERING: &str = "yoink_reconcile_recovering";
+/// Units of holds still `held` in PostgreSQL (taken, waiting for a decision).
+pub const HELD_UNITS: &str = "yoink_reconcile_held_units";
+/// Holds still `held` past their deadline plus the grace period: no projector expires
+/// them.
+pub const OVERDUE_HOLDS: &str = "yoink_reconcile_overdue_holds";
 
 /// One check of every selected sale (with the grace re-check), optionally repaired.
 pub async fn run_once(
@@ -104,7 +133,7 @@ pub async fn run_once(
     args: &ReconcileArgs,
     out: &mut impl std::io::Write,
 ) -> Result<Verdict, ReconcileError> {
-    let mut s = Stores::open(stores).await?;
+    let mut s = Stores::open(stores, args.overdue_after()).await?;
     let sales = s.sales(args).await?;
     let mut reports = Vec::with_capacity(sales.len());
     for sale in &sales {
@@ -165,7 +194,7 @@ pub async fn watch(
     loop {
         let tick = async {
             if stores_open.is_none() {
-                stores_open = Some(Stores::open(stores).await?);
+                stores_open = Some(Stores::open(stores, args.overdue_after()).await?);
             }
             let s = stores_open.as_mut().expect("opened above");
             let mut reports = Vec::new();
@@ -178,9 +207,11 @@ pub async fn watch(
                     if !report.held_still_since(&entry.0) {
                         *entry = (report.clone(), Instant::now());
                     }
-                    if entry.1.elapsed() >= grace {
-                        report.status = report.held_status();
-                    }
+                    report.status = if entry.1.elapsed() >= grace {
+                        report.held_status()
+                    } else {
+                        report.unconfirmed_status()
+                    };
                 } else {
                     first_seen.remove(&report.sale_id);
                 }
@@ -236,5 +267,35 @@ fn export(report: &SaleReport) {
         .set(report.postgres.lost_reservations as f64);
     metrics::gauge!(RECOVERING, "sale" => sale.clone())
         .set(f64::from(u8::from(report.status == Status::Recovering)));
+    metrics::gauge!(HELD_UNITS, "sale" => sale.clone()).set(report.held_units as f64);
+    metrics::gauge!(OVERDUE_HOLDS, "sale" => sale.clone()).set(report.overdue_holds as f64);
     metrics::gauge!(IN_FLIGHT, "sale" => sale).set(report.in_flight_units as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(grace: u64) -> ReconcileArgs {
+        ReconcileArgs {
+            sale: None,
+            all: true,
+            json: false,
+            watch: None,
+            grace,
+            repair: false,
+            yes: false,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
+    #[test]
+    fn a_hold_is_overdue_after_the_grace_but_never_before_the_sweep_had_a_chance() {
+        assert_eq!(args(5).overdue_after(), Duration::from_secs(5));
+        assert_eq!(args(30).overdue_after(), Duration::from_secs(30));
+        assert_eq!(
+            args(0).overdue_after(),
+            Duration::from_secs(MIN_OVERDUE_SECS)
+        );
+    }
 }

@@ -1,14 +1,18 @@
 //! `--repair`: plans (and with `--yes` applies) the fixes for a diverged sale.
 //!
 //! 1. Re-project reservations that are in the stream but missing in PostgreSQL (no
-//!    order and not released), through the projector's own idempotent writer.
+//!    order, not released, not a hold still `held`), through the projector's own
+//!    idempotent writer (`ledger::project`: a reservation of a sale with holds is
+//!    recorded as a hold again, never made an order nobody paid for).
 //! 2. When Redis is still off (it lost data, went back in time, or units were taken
 //!    without an event), suspend the sale and rebuild Redis from PostgreSQL's ledger
 //!    with the projectors' own rebuild (`yoink_core::rebuild`): the reservations
 //!    in flight are decided first, then stock, counters, buyer counts, reservation
 //!    records and Idempotency-Keys are swapped in with a compare-and-set.
 //!
-//! Never deletes an order, never touches a sale whose figures are still moving.
+//! Never deletes an order, never touches a sale whose figures are still moving. Holds
+//! overdue are not repaired here: expiring them is the projectors' job (the plan says
+//! to start `yoink project`).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -16,6 +20,7 @@ use std::fmt;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 use yoink_core::events::{Reserved, SaleEvent};
+use yoink_core::holds;
 use yoink_core::ledger;
 use yoink_core::rebuild::{self, Outcome};
 use yoink_core::scripts;
@@ -32,7 +37,8 @@ pub const REPAIRS: &str = "yoink_reconcile_repairs_total";
 /// One fix, printed as the plan and applied with `--yes`.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Reservations in the stream with no order and no release in PostgreSQL.
+    /// Reservations in the stream with no order, no release and no hold waiting in
+    /// PostgreSQL.
     Reproject {
         sale: SaleId,
         entries: Vec<(String, Reserved)>,
@@ -72,8 +78,9 @@ impl fmt::Display for Action {
     }
 }
 
-/// Reservations of the stream that PostgreSQL has neither ordered nor released, and
-/// that are not in flight (the projectors will handle those).
+/// Reservations of the stream that PostgreSQL has neither ordered, released nor
+/// recorded as a hold still waiting, and that are not in flight (the projectors will
+/// handle those).
 pub async fn plan_reproject(
     redis: &mut RedisConn,
     keys: &Keyspace,
@@ -111,7 +118,10 @@ pub async fn plan_reproject(
             "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)
              UNION
              SELECT reservation_id FROM reservation_fates
-             WHERE reservation_id = ANY($1) AND fate = 'released'",
+             WHERE reservation_id = ANY($1) AND fate = 'released'
+             UNION
+             SELECT reservation_id FROM holds
+             WHERE reservation_id = ANY($1) AND state = 'held'",
             &[&ids],
         )
         .await?
@@ -144,11 +154,13 @@ pub async fn plan_rebuild(
         return Ok(None);
     };
     let (initial, confirmed): (i64, i64) = (row.get(0), row.get(1));
+    // Held units stay off sale through a rebuild, as the rebuild itself counts them.
+    let held = holds::held_units(&client, sale).await?;
     let in_flight: i64 = snapshot.in_flight.iter().map(|(_, r)| r.quantity).sum();
     Ok(Some(Action::RebuildRedis {
         sale: sale.clone(),
         remaining_now: report.redis.remaining,
-        remaining_after: (initial - confirmed - in_flight).max(0),
+        remaining_after: (initial - confirmed - held - in_flight).max(0),
         in_flight: snapshot.in_flight.len(),
     }))
 }
@@ -168,8 +180,10 @@ pub async fn apply(
                 .iter()
                 .map(|(_, r)| r.reservation_id.as_uuid())
                 .collect();
-            // Reservations with no fate at all: the projector's own writer.
-            let created = ledger::confirm(pool, &batch).await?;
+            // Reservations with no fate at all: the projector's own writer (orders, or
+            // holds on a sale with holds: they wait for their confirm or expiry).
+            let (orders, recorded_holds) = ledger::project(pool, &batch).await?;
+            let created = orders + recorded_holds;
             // Reservations confirmed whose order row went missing: the order again.
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
@@ -254,6 +268,15 @@ pub(crate) async fn run(
         }
     }
     write_plan(out, "Repair plan (re-project)", &plan, yes)?;
+    for (report, _) in reports.iter() {
+        if report.status == Status::HoldsOverdue {
+            writeln!(
+                out,
+                "sale {}: {} hold(s) overdue: not repaired here: no projector is expiring holds: start `yoink project`",
+                report.sale_id, report.overdue_holds
+            )?;
+        }
+    }
     if yes {
         for action in &plan {
             apply(action, &mut s.redis, &s.keys, &s.pool).await?;

@@ -2,9 +2,14 @@
 //! sale, the figures it reports. Pure code, no I/O, so every rule has a unit test.
 //!
 //! Units out of stock in Redis must be exactly the units PostgreSQL confirmed, plus the
-//! units still in flight (in the stream, undecided), plus releases PostgreSQL decided
-//! that Redis has not applied yet. More out of stock than that is *lost*; less is
-//! *phantom* (PostgreSQL knows units Redis does not, e.g. after Redis lost data).
+//! units still in flight (in the stream, neither decided nor recorded as a hold), plus
+//! releases PostgreSQL decided that Redis has not applied yet, plus the units of holds
+//! still `held` (taken, waiting for their confirm, cancel or expiry). More out of stock
+//! than that is *lost*; less is *phantom* (PostgreSQL knows units Redis does not, e.g.
+//! after Redis lost data).
+//!
+//! A hold still `held` past its deadline plus the grace period is *overdue*: the
+//! accounting balances (its units are held), but nobody is expiring holds.
 
 use serde::Serialize;
 use yoink_core::{Position, SaleId};
@@ -26,8 +31,8 @@ pub struct RedisSide {
     pub pending: i64,
     /// Entries not delivered yet (None when Redis cannot tell).
     pub lag: Option<i64>,
-    /// Units of `reserved` entries still pending or undelivered and not decided in
-    /// PostgreSQL.
+    /// Units of `reserved` entries still pending or undelivered, neither decided in
+    /// PostgreSQL nor recorded there as a hold.
     pub in_flight_units: i64,
     /// The sale's position: (0, 0) when Redis holds no position for it.
     pub position: Position,
@@ -52,6 +57,13 @@ pub struct PostgresSide {
     /// Reservations Redis answered in an epoch that a rebuild ended and that PostgreSQL
     /// never decided: lost with Redis's memory.
     pub lost_reservations: i64,
+    /// Units of holds still `held`: out of Redis stock, waiting for their confirm,
+    /// cancel or expiry.
+    pub held_units: i64,
+    /// Holds still `held` longer than the overdue threshold past their deadline, and
+    /// their units: the expiry sweep should have released them.
+    pub overdue_holds: i64,
+    pub overdue_hold_units: i64,
 }
 
 /// How a sale stands.
@@ -70,6 +82,10 @@ pub enum Status {
     /// Redis went back behind PostgreSQL and the sale is still suspended after the
     /// grace period: no projector rebuilt it (`--repair --yes` does).
     Recovering,
+    /// Holds still `held` past their deadline plus the grace period, with the figures
+    /// balanced otherwise: no projector is expiring holds. Flagged; not repaired here
+    /// (expiring is the projectors' job: start `yoink project`).
+    HoldsOverdue,
     /// Redis answered reservations it lost before PostgreSQL saw them. Always flagged.
     DataLost,
     /// More units confirmed than the sale ever had. Always flagged.
@@ -85,7 +101,11 @@ impl Status {
     pub fn is_flagged(self) -> bool {
         matches!(
             self,
-            Status::Diverged | Status::Recovering | Status::DataLost | Status::Oversold
+            Status::Diverged
+                | Status::Recovering
+                | Status::HoldsOverdue
+                | Status::DataLost
+                | Status::Oversold
         )
     }
 }
@@ -117,6 +137,11 @@ pub struct SaleReport {
     pub in_flight_units: i64,
     /// Units released in PostgreSQL not yet back in Redis stock.
     pub pending_release_units: i64,
+    /// Units of holds still `held` in PostgreSQL (out of stock, accounted for).
+    pub held_units: i64,
+    /// Holds (and their units) still `held` past their deadline plus the grace period.
+    pub overdue_holds: i64,
+    pub overdue_hold_units: i64,
     #[serde(flatten)]
     pub divergence: Divergence,
     pub redis: RedisSide,
@@ -124,8 +149,15 @@ pub struct SaleReport {
 }
 
 impl SaleReport {
-    /// The figures of one moment. `status` is `Consistent`, `InFlight`, `Oversold` or,
-    /// when the stores disagree, `Unsettled` until `settle` confirms it.
+    /// The figures of one moment. `status` is `Consistent`, `InFlight`,
+    /// `HoldsOverdue`, `Oversold`, `DataLost` or, when the stores disagree, `Unsettled`
+    /// until `settle` confirms it.
+    ///
+    /// Precedence, most severe first: `Oversold`, `DataLost`, then a disagreement
+    /// (`Unsettled`, which `settle` turns into `Diverged` or `Recovering`, or into
+    /// `HoldsOverdue` when it moved and holds are overdue), then `HoldsOverdue`, then
+    /// `InFlight`. Overdue holds alone never hide a divergence: they are accounted
+    /// for (still held), so a disagreement is something else, and worse.
     pub fn compute(sale_id: &SaleId, redis: RedisSide, postgres: PostgresSide) -> Self {
         let initial_stock = if postgres.present {
             postgres.initial_stock
@@ -134,7 +166,10 @@ impl SaleReport {
         };
         let pending_release = (postgres.released_units - redis.released).max(0);
         let out_of_stock = redis.initial - redis.remaining;
-        let accounted = postgres.confirmed_units + redis.in_flight_units + pending_release;
+        let accounted = postgres.confirmed_units
+            + redis.in_flight_units
+            + pending_release
+            + postgres.held_units;
         let diff = out_of_stock - accounted;
         let divergence = Divergence {
             lost_units: diff.max(0),
@@ -151,6 +186,8 @@ impl SaleReport {
             // dead letter between its two steps (milliseconds); one that holds still
             // was lost (its release script failed and nothing retries it).
             Status::Unsettled
+        } else if postgres.overdue_holds > 0 {
+            Status::HoldsOverdue
         } else if redis.in_flight_units > 0 {
             Status::InFlight
         } else {
@@ -163,6 +200,9 @@ impl SaleReport {
             oversold_units,
             in_flight_units: redis.in_flight_units,
             pending_release_units: pending_release,
+            held_units: postgres.held_units,
+            overdue_holds: postgres.overdue_holds,
+            overdue_hold_units: postgres.overdue_hold_units,
             divergence,
             redis,
             postgres,
@@ -171,14 +211,29 @@ impl SaleReport {
 
     /// Called with the same sale measured `grace` later: a sale still suspended (or
     /// behind PostgreSQL) is `Recovering`; a divergence (or a release not applied) that
-    /// stayed the same is confirmed (`Diverged`); one that moved stays `Unsettled`.
+    /// stayed the same is confirmed (`Diverged`); one that moved stays `Unsettled`
+    /// (`HoldsOverdue` if holds are overdue meanwhile: see `unconfirmed_status`).
     pub fn settle(mut self, earlier: &SaleReport) -> Self {
-        if self.status == Status::Unsettled
-            && (self.redis.is_behind(&self.postgres) || self.held_still_since(earlier))
-        {
-            self.status = self.held_status();
+        if self.status == Status::Unsettled {
+            self.status = if self.redis.is_behind(&self.postgres) || self.held_still_since(earlier)
+            {
+                self.held_status()
+            } else {
+                self.unconfirmed_status()
+            };
         }
         self
+    }
+
+    /// What an unsettled sale reports while its disagreement is not confirmed:
+    /// `HoldsOverdue` when holds are overdue (their own grace already passed, so they
+    /// are flagged now, whatever the disagreement turns out to be), else `Unsettled`.
+    pub fn unconfirmed_status(&self) -> Status {
+        if self.overdue_holds > 0 {
+            Status::HoldsOverdue
+        } else {
+            Status::Unsettled
+        }
     }
 
     /// The figures that must not move for a divergence to count are those of `earlier`.
@@ -219,13 +274,14 @@ pub fn render(
     }
     writeln!(
         out,
-        "{:<24} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+        "{:<24} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
         "SALE",
         "STATUS",
         "INITIAL",
         "REMAIN",
         "CONFIRM",
         "RELEASE",
+        "HELD",
         "INFLIGHT",
         "LOST",
         "PHANTOM",
@@ -240,13 +296,14 @@ pub fn render(
             .unwrap_or_default();
         writeln!(
             out,
-            "{:<24} {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+            "{:<24} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
             r.sale_id,
             status,
             r.initial_stock,
             r.redis.remaining,
             r.postgres.confirmed_units,
             r.postgres.released_units,
+            r.held_units,
             r.in_flight_units,
             r.divergence.lost_units,
             r.divergence.phantom_units,
@@ -266,6 +323,13 @@ pub fn render(
                 out,
                 "  ! {} reservation(s) answered 202 were lost with Redis before PostgreSQL saw them",
                 r.postgres.lost_reservations
+            )?;
+        }
+        if r.overdue_holds > 0 {
+            writeln!(
+                out,
+                "  ! {} hold(s) ({} units) still held past their deadline plus the grace period: no projector is expiring holds: start `yoink project`",
+                r.overdue_holds, r.overdue_hold_units
             )?;
         }
         if r.divergence.redis_self_diff != 0 {
@@ -315,6 +379,26 @@ mod tests {
             released_units: released,
             floor: Position::new(1, 0),
             lost_reservations: 0,
+            held_units: 0,
+            overdue_holds: 0,
+            overdue_hold_units: 0,
+        }
+    }
+
+    /// `pg` with `held` units in holds still `held`, `overdue` of them (one unit each)
+    /// past their deadline plus the grace period.
+    fn pg_holds(
+        initial: i64,
+        confirmed: i64,
+        released: i64,
+        held: i64,
+        overdue: i64,
+    ) -> PostgresSide {
+        PostgresSide {
+            held_units: held,
+            overdue_holds: overdue,
+            overdue_hold_units: overdue,
+            ..pg(initial, confirmed, released)
         }
     }
 
@@ -415,5 +499,115 @@ mod tests {
         assert_eq!(same.settle(&first).status, Status::Diverged);
         let moved = SaleReport::compute(&sale(), redis(500, 398, 101, 0, 0), pg(500, 100, 0));
         assert_eq!(moved.settle(&first).status, Status::Unsettled);
+    }
+
+    #[test]
+    fn held_units_are_accounted_for_not_lost() {
+        // 6 units taken: 2 confirmed, 4 held for payment.
+        let r = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), pg_holds(10, 2, 0, 4, 0));
+        assert_eq!(r.status, Status::Consistent, "{r:?}");
+        assert_eq!(r.held_units, 4);
+        assert!(r.divergence.is_zero());
+        // The same Redis, had the holds not been counted: 4 lost units.
+        let uncounted = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), pg(10, 2, 0));
+        assert_eq!(uncounted.divergence.lost_units, 4);
+    }
+
+    #[test]
+    fn holds_and_a_backlog_together_are_in_flight() {
+        // 7 taken: 2 confirmed, 4 held, 1 still in the stream (not recorded yet).
+        let r = SaleReport::compute(&sale(), redis(10, 3, 7, 0, 1), pg_holds(10, 2, 0, 4, 0));
+        assert_eq!(r.status, Status::InFlight, "{r:?}");
+        assert_eq!(r.in_flight_units, 1);
+        assert_eq!(r.held_units, 4);
+    }
+
+    #[test]
+    fn an_expired_hold_balances_before_and_after_redis_gives_its_units_back() {
+        // 6 taken: 2 confirmed, 2 held, 2 expired in PostgreSQL.
+        let before = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), pg_holds(10, 2, 2, 2, 0));
+        assert!(before.divergence.is_zero(), "{before:?}");
+        assert_eq!(before.pending_release_units, 2);
+        assert_eq!(
+            before.status,
+            Status::Unsettled,
+            "a release not applied yet"
+        );
+        let after = SaleReport::compute(&sale(), redis(10, 6, 6, 2, 0), pg_holds(10, 2, 2, 2, 0));
+        assert_eq!(after.status, Status::Consistent, "{after:?}");
+        assert_eq!(after.settle(&before).status, Status::Consistent);
+    }
+
+    #[test]
+    fn holds_left_past_their_deadline_are_flagged_on_their_own() {
+        let r = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), pg_holds(10, 2, 0, 4, 3));
+        assert_eq!(r.status, Status::HoldsOverdue, "{r:?}");
+        assert!(
+            r.divergence.is_zero(),
+            "overdue holds are still accounted for"
+        );
+        assert_eq!((r.overdue_holds, r.overdue_hold_units), (3, 3));
+        assert!(r.status.is_flagged());
+        assert!(!r.status.is_repairable(), "expiring is the projectors' job");
+        // Also with a backlog in flight: overdue is the flag.
+        let busy = SaleReport::compute(&sale(), redis(10, 3, 7, 0, 1), pg_holds(10, 2, 0, 4, 3));
+        assert_eq!(busy.status, Status::HoldsOverdue);
+    }
+
+    #[test]
+    fn oversold_data_lost_diverged_and_recovering_win_over_overdue_holds() {
+        let oversold =
+            SaleReport::compute(&sale(), redis(10, 0, 10, 0, 0), pg_holds(10, 12, 0, 1, 1));
+        assert_eq!(oversold.status, Status::Oversold);
+
+        let mut lost = pg_holds(10, 2, 0, 4, 1);
+        lost.lost_reservations = 1;
+        let data_lost = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), lost);
+        assert_eq!(data_lost.status, Status::DataLost);
+
+        // One unit taken without an event, and an overdue hold: held still, diverged.
+        let first = SaleReport::compute(&sale(), redis(10, 3, 6, 0, 0), pg_holds(10, 2, 0, 4, 1));
+        assert_eq!(
+            first.status,
+            Status::Unsettled,
+            "checked again after the grace"
+        );
+        let same = SaleReport::compute(&sale(), redis(10, 3, 6, 0, 0), pg_holds(10, 2, 0, 4, 1));
+        assert_eq!(same.settle(&first).status, Status::Diverged);
+        // It moved meanwhile: not confirmed, but the overdue holds are flagged anyway.
+        let moved = SaleReport::compute(&sale(), redis(10, 2, 7, 0, 0), pg_holds(10, 2, 0, 4, 1));
+        assert_eq!(moved.settle(&first).status, Status::HoldsOverdue);
+        let moved_no_holds = SaleReport::compute(&sale(), redis(10, 2, 7, 0, 0), pg(10, 6, 0));
+        assert_eq!(moved_no_holds.settle(&first).status, Status::Unsettled);
+
+        let mut behind = pg_holds(10, 2, 0, 4, 1);
+        behind.floor = Position::new(1, 100);
+        let first = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), behind.clone());
+        let still = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), behind);
+        assert_eq!(still.settle(&first).status, Status::Recovering);
+    }
+
+    #[test]
+    fn the_report_shows_held_units_and_overdue_holds() {
+        let r = SaleReport::compute(&sale(), redis(10, 4, 6, 0, 0), pg_holds(10, 2, 0, 4, 3));
+        let mut json = Vec::new();
+        render(&mut json, std::slice::from_ref(&r), true).expect("render");
+        let line: serde_json::Value = serde_json::from_slice(&json).expect("one JSON object");
+        assert_eq!(line["status"], "holds_overdue");
+        assert_eq!(line["held_units"], 4);
+        assert_eq!(line["overdue_holds"], 3);
+        assert_eq!(line["overdue_hold_units"], 3);
+        assert_eq!(line["postgres"]["held_units"], 4);
+
+        let mut text = Vec::new();
+        render(&mut text, &[r], false).expect("render");
+        let text = String::from_utf8(text).expect("UTF-8");
+        assert!(text.contains("HELD"), "{text}");
+        assert!(text.contains("holds_overdue"), "{text}");
+        assert!(
+            text.contains("3 hold(s) (3 units) still held past their deadline"),
+            "{text}"
+        );
+        assert!(text.contains("start `yoink project`"), "{text}");
     }
 }

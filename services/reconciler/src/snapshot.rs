@@ -1,17 +1,20 @@
 //! Reads one sale's figures from both stores: Redis in one atomic script call (plus the
-//! in-flight entries, read by id range afterwards: entries never change), then
-//! PostgreSQL. Read-only: safe during a live sale.
+//! in-flight entries, read by id range afterwards, in pages: entries never change), then
+//! PostgreSQL in one read-only snapshot (orders, releases and holds of one instant, so a
+//! hold decided meanwhile is counted once). Read-only: safe during a live sale.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 use redis::Script;
+use tokio_postgres::IsolationLevel;
 use yoink_core::events::Reserved;
 use yoink_core::keys::PROJECTOR_GROUP;
 use yoink_core::stream::{self, Unacknowledged, parse_id, read_range};
-use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs};
+use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs, holds};
 
 use crate::error::ReconcileError;
 use crate::report::{PostgresSide, RedisSide};
@@ -96,13 +99,24 @@ pub async fn redis_snapshot(
 }
 
 /// The PostgreSQL side of a sale; also drops from `snapshot.in_flight` the entries
-/// PostgreSQL has decided meanwhile (committed, not yet acknowledged).
+/// PostgreSQL has decided (or recorded as holds) meanwhile (committed, not yet
+/// acknowledged). A hold still `held` more than `overdue_after` past its deadline counts
+/// as overdue.
 pub async fn postgres_side(
     pool: &Pool,
     sale: &SaleId,
     snapshot: &mut RedisSnapshot,
+    overdue_after: Duration,
 ) -> Result<PostgresSide, ReconcileError> {
-    let client = pool.get().await?;
+    let mut conn = pool.get().await?;
+    // One snapshot for every figure: a hold confirmed or expired between two separate
+    // reads would be counted in neither (held, then not yet an order or a release).
+    let client = conn
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     let sale_row = client
         .query_opt(
             "SELECT initial_stock FROM sales WHERE sale_id = $1",
@@ -131,7 +145,10 @@ pub async fn postgres_side(
             .retain(|(_, r)| !decided.contains(&r.reservation_id.as_uuid()));
     }
     snapshot.side.in_flight_units = snapshot.in_flight.iter().map(|(_, r)| r.quantity).sum();
-    Ok(PostgresSide {
+    let held_units = holds::held_units(&client, sale).await?;
+    let overdue_ms = i64::try_from(overdue_after.as_millis()).unwrap_or(i64::MAX);
+    let (overdue_holds, overdue_hold_units) = holds::overdue(&client, sale, overdue_ms).await?;
+    let side = PostgresSide {
         present: sale_row.is_some(),
         initial_stock: sale_row.map(|r| r.get(0)).unwrap_or(0),
         orders: orders.get(0),
@@ -139,7 +156,12 @@ pub async fn postgres_side(
         released_units: released,
         floor: epochs::floor(&client, sale).await?,
         lost_reservations: epochs::lost_reservations(&client, sale).await?,
-    })
+        held_units,
+        overdue_holds,
+        overdue_hold_units,
+    };
+    client.commit().await?;
+    Ok(side)
 }
 
 /// Every sale either store knows, sorted.

@@ -2,6 +2,11 @@
 //! check, and one sale's figures from both sides. A sale found with Redis behind
 //! PostgreSQL is suspended here (atomically, in `fence.lua`), before anything else reads
 //! it: it would sell units PostgreSQL already sold.
+//!
+//! `overdue_after` is how long past its deadline a hold may stay `held` before it
+//! counts as overdue (`ReconcileArgs::overdue_after`).
+
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
@@ -17,11 +22,12 @@ pub(crate) struct Stores {
     pub redis: RedisConn,
     pub pool: Pool,
     pub keys: Keyspace,
+    pub overdue_after: Duration,
 }
 
 impl Stores {
     /// Opens both stores and proves each answers, so an outage is one clear message.
-    pub async fn open(args: &StoreArgs) -> Result<Self, ReconcileError> {
+    pub async fn open(args: &StoreArgs, overdue_after: Duration) -> Result<Self, ReconcileError> {
         let mut redis = RedisConn::open(args).await?;
         let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         let pool = db::pool(&args.database_url, 4)?;
@@ -34,6 +40,7 @@ impl Stores {
             redis,
             pool,
             keys: Keyspace::new(args.key_prefix.clone()),
+            overdue_after,
         })
     }
 
@@ -65,7 +72,9 @@ impl Stores {
     ) -> Result<(SaleReport, snapshot::RedisSnapshot), ReconcileError> {
         let mut redis_snapshot =
             snapshot::redis_snapshot(&mut self.redis, &self.keys, sale).await?;
-        let postgres = snapshot::postgres_side(&self.pool, sale, &mut redis_snapshot).await?;
+        let postgres =
+            snapshot::postgres_side(&self.pool, sale, &mut redis_snapshot, self.overdue_after)
+                .await?;
         if redis_snapshot.side.position < postgres.floor && !redis_snapshot.side.suspended {
             // Redis went back in time: suspend the sale before it sells a unit
             // PostgreSQL already sold (a projector then rebuilds it).

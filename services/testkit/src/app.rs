@@ -18,6 +18,8 @@ use crate::{TestDb, TestRedis};
 #[derive(Debug, Clone, Default)]
 pub struct AppOptions {
     pub admin_token: Option<String>,
+    /// `--checkout-token` (the hold decisions); unset: the admin token serves.
+    pub checkout_token: Option<String>,
     pub max_in_flight: Option<usize>,
     /// Another Redis (a `PrivateRedis`) instead of the shared one.
     pub redis_url: Option<String>,
@@ -68,6 +70,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
     let mut args = ApiArgs::local();
     args.admin_token = options.admin_token.clone();
+    args.checkout_token = options.checkout_token.clone();
     if let Some(secs) = options.header_timeout_secs {
         args.header_timeout_secs = secs;
     }
@@ -165,6 +168,48 @@ impl TestApp {
             .json(&json!({ "sale_id": sale, "user_id": user, "quantity": quantity }));
         if let Some(key) = idempotency_key {
             req = req.header("Idempotency-Key", key);
+        }
+        Self::status_and_json(req).await
+    }
+
+    /// `POST /reservations/{id}/confirm` with `Authorization: Bearer <token>` (none
+    /// without a token).
+    pub async fn confirm(&self, id: &str, token: Option<&str>) -> (u16, Value) {
+        self.hold_decision(id, "confirm", token, None).await
+    }
+
+    /// `POST /reservations/{id}/cancel`.
+    pub async fn cancel(&self, id: &str, token: Option<&str>) -> (u16, Value) {
+        self.hold_decision(id, "cancel", token, None).await
+    }
+
+    /// `POST /reservations/{id}/extend`, with `{"seconds": N}` when `seconds` is given
+    /// (no body otherwise: the sale's `hold_seconds`).
+    pub async fn extend(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        seconds: Option<i64>,
+    ) -> (u16, Value) {
+        let body = seconds.map(|s| json!({ "seconds": s }));
+        self.hold_decision(id, "extend", token, body).await
+    }
+
+    async fn hold_decision(
+        &self,
+        id: &str,
+        action: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/reservations/{id}/{action}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
         }
         Self::status_and_json(req).await
     }

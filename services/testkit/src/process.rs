@@ -53,6 +53,12 @@ impl Spawned {
         None
     }
 
+    /// SIGKILL, and waits for it: a crash, with no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then its exit status if it exits within 20 s.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
         let sent = Command::new("kill")

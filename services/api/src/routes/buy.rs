@@ -10,6 +10,8 @@
 //! position floor, so a Redis that went back in time suspends the sale (503
 //! `sale_recovering`) instead of selling; and no 202 leaves before the reservation is
 //! as durable as `--durability` asks (else 503 `not_durable`, the reservation standing).
+//! In a sale with holds the 202 is a hold: its body carries the deadline
+//! (`expires_at`) by which the checkout side must confirm it.
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -21,7 +23,7 @@ use crate::body::{parse_json, read_json_body};
 use crate::error::ApiError;
 use crate::log_limiter::{LogLimiter, REFUSAL_LOG_INTERVAL};
 use crate::metrics::{record_reservation, set_in_flight};
-use crate::response::{Response, json_response};
+use crate::response::{ExpiresAt, Response, json_response};
 use crate::state::AppState;
 
 /// Most units one request may ask for.
@@ -65,6 +67,9 @@ struct Accepted<'a> {
     status: &'static str,
     /// How durable the reservation was when this answer left (`--durability`).
     durability: &'static str,
+    /// A hold's deadline (sales with `hold_seconds`): confirm it before then.
+    #[serde(flatten)]
+    expires: Option<ExpiresAt>,
 }
 
 fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
@@ -115,6 +120,7 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
             quantity: buy.quantity,
             status: "reserved",
             durability: state.durability.level.as_str(),
+            expires: reservation.expires_at_ms.and_then(ExpiresAt::at),
         },
     ))
 }

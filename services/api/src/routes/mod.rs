@@ -3,5 +3,6 @@
 
 pub mod buy;
 pub mod health;
+pub mod holds;
 pub mod reservations;
 pub mod sales;

@@ -1,11 +1,14 @@
 //! `GET /reservations/{id}`: where a reservation stands.
 //!
 //! PostgreSQL decides a reservation's fate (`confirmed` or `released`), so it is asked
-//! first; a reservation it has not decided yet is looked up in Redis, where the reserve
-//! script recorded it (`reserved`). The route needs no authentication, so what it costs
-//! Redis must never grow with the number of sales: only the sales the id's tag names
-//! (`sale_index`, usually one) are asked, one `HGET` each; an id without a tag (v7,
-//! made before tags) is PostgreSQL's alone. This costs the hot `/buy` path nothing.
+//! first: its fate, else its hold waiting for a decision (`held`, with its deadline). A
+//! reservation it has not recorded yet is looked up in Redis, where the reserve script
+//! recorded it (`reserved`, or `held` while it waits in the sale's holds). The route
+//! needs no authentication, so what it costs Redis must never grow with the number of
+//! sales: only the sales the id's tag names (`sale_index`, usually one) are asked, one
+//! `HGET` each (and one `ZSCORE` for the deadline of a reservation found there); an id
+//! without a tag (v7, made before tags) is PostgreSQL's alone. This costs the hot `/buy`
+//! path nothing.
 
 use futures::future::join_all;
 use hyper::StatusCode;
@@ -13,25 +16,56 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use uuid::Uuid;
 use yoink_core::ReservationId;
+use yoink_core::holds::{self, Hold, HoldState};
 use yoink_core::scripts::ReservationRecord;
 
 use crate::error::ApiError;
-use crate::response::{Response, json_response};
+use crate::response::{ExpiresAt, Response, json_response};
 use crate::state::AppState;
 
+/// A reservation as the API shows it (also the answer of the hold decisions).
 #[derive(Debug, Serialize)]
-struct ReservationView {
+pub struct ReservationView {
     reservation_id: ReservationId,
     sale_id: String,
     user_id: String,
     quantity: i64,
-    /// `reserved`, `confirmed` or `released`.
+    /// `reserved`, `held`, `confirmed` or `released`.
     status: &'static str,
     reserved_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     order_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// A hold's deadline, while it waits for a decision.
+    #[serde(flatten)]
+    expires: Option<ExpiresAt>,
+}
+
+impl ReservationView {
+    /// A hold as PostgreSQL records it: `held` (with its deadline), `confirmed` (with
+    /// its order) or `released` (reason `cancelled` or `expired`).
+    pub fn of_hold(hold: &Hold) -> Self {
+        let r = &hold.reserved;
+        let (status, reason, expires) = match hold.state {
+            HoldState::Held => ("held", None, ExpiresAt::at(hold.expires_at_ms)),
+            HoldState::Confirmed => ("confirmed", None, None),
+            HoldState::Cancelled | HoldState::Expired => {
+                ("released", Some(hold.state.as_str().to_owned()), None)
+            }
+        };
+        Self {
+            reservation_id: r.reservation_id,
+            sale_id: r.sale_id.to_string(),
+            user_id: r.user_id.to_string(),
+            quantity: r.quantity,
+            status,
+            reserved_at_ms: r.reserved_at_ms,
+            order_id: hold.order_id.filter(|_| hold.state == HoldState::Confirmed),
+            reason,
+            expires,
+        }
+    }
 }
 
 pub async fn show(state: &AppState, raw_id: &str) -> Result<Response, ApiError> {
@@ -46,7 +80,8 @@ pub async fn show(state: &AppState, raw_id: &str) -> Result<Response, ApiError> 
     Ok(json_response(StatusCode::OK, &view))
 }
 
-/// The reservation's fate, once PostgreSQL has decided it.
+/// The reservation as PostgreSQL records it: its fate once decided, else its hold
+/// waiting for a decision.
 async fn decided(state: &AppState, id: ReservationId) -> Result<Option<ReservationView>, ApiError> {
     let db = state.pool.get().await?;
     let row = db
@@ -59,7 +94,12 @@ async fn decided(state: &AppState, id: ReservationId) -> Result<Option<Reservati
             &[&id.as_uuid()],
         )
         .await?;
-    Ok(row.map(|r| {
+    let Some(r) = row else {
+        return Ok(holds::find(&db, id)
+            .await?
+            .map(|hold| ReservationView::of_hold(&hold)));
+    };
+    Ok(Some({
         let fate: String = r.get(3);
         ReservationView {
             reservation_id: id,
@@ -74,6 +114,7 @@ async fn decided(state: &AppState, id: ReservationId) -> Result<Option<Reservati
             reserved_at_ms: r.get(6),
             order_id: r.get(5),
             reason: r.get(4),
+            expires: None,
         }
     }))
 }
@@ -103,19 +144,31 @@ async fn undecided(
                 "unreadable reservation record in sale {sale}"
             )));
         };
+        // A hold waits in the sale's holds until it is settled: one more command, for
+        // reservations found only.
+        let deadline = if record.released {
+            None
+        } else {
+            let mut conn = state.redis.clone();
+            conn.zscore::<_, _, Option<f64>>(state.keys.holds(sale), &field)
+                .await
+                .map_err(ApiError::redis)?
+        };
+        let expires = deadline.and_then(|ms| ExpiresAt::at(ms as i64));
         return Ok(Some(ReservationView {
             reservation_id: id,
             sale_id: sale.to_string(),
             user_id: record.user_id,
             quantity: record.quantity,
-            status: if record.released {
-                "released"
-            } else {
-                "reserved"
+            status: match (record.released, &expires) {
+                (true, _) => "released",
+                (false, Some(_)) => "held",
+                (false, None) => "reserved",
             },
             reserved_at_ms: record.reserved_at_ms,
             order_id: None,
             reason: None,
+            expires,
         }));
     }
     Ok(None)

@@ -2,15 +2,14 @@
 //!
 //! Creating a sale that exists answers 409 and never touches its stock.
 
-use constant_time_eq::constant_time_eq;
 use hyper::body::Incoming;
-use hyper::header::AUTHORIZATION;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use yoink_core::SaleId;
 use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 
+use crate::auth;
 use crate::body::{parse_json, read_json_body};
 use crate::error::ApiError;
 use crate::response::{Response, json_response};
@@ -55,20 +54,11 @@ struct CreateSaleRequest {
 /// Admin endpoints need `Authorization: Bearer $YOINK_ADMIN_TOKEN`; with no token
 /// configured they are off.
 fn authorize(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        return Err(ApiError::AdminDisabled);
-    };
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    auth::bearer(
+        req.headers(),
+        state.admin_token.as_deref(),
+        ApiError::AdminDisabled,
+    )
 }
 
 pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {

@@ -237,6 +237,96 @@ fn cases() -> Vec<Case> {
         admin("POST /sales negative stock", Some("Bearer s3cret"), r#"{"sale_id":"neg","stock":-1}"#, 400, "invalid_request"),
         admin("POST /sales ends before it starts", Some("Bearer s3cret"), r#"{"sale_id":"t","stock":1,"starts_at":"2030-01-02T00:00:00Z","ends_at":"2030-01-01T00:00:00Z"}"#, 400, "invalid_request"),
         admin("POST /sales bad time", Some("Bearer s3cret"), r#"{"sale_id":"t","stock":1,"starts_at":"soon"}"#, 400, "invalid_request"),
+        admin("POST /sales negative hold_seconds", Some("Bearer s3cret"), r#"{"sale_id":"h","stock":1,"hold_seconds":-1}"#, 400, "invalid_request"),
+        admin("POST /sales hold_seconds over 7 days", Some("Bearer s3cret"), r#"{"sale_id":"h","stock":1,"hold_seconds":604801}"#, 400, "invalid_request"),
+        admin("POST /sales max_hold_seconds below hold_seconds", Some("Bearer s3cret"), r#"{"sale_id":"h","stock":1,"hold_seconds":60,"max_hold_seconds":30}"#, 400, "invalid_request"),
+        admin("POST /sales max_hold_seconds without hold_seconds", Some("Bearer s3cret"), r#"{"sale_id":"h","stock":1,"max_hold_seconds":30}"#, 400, "invalid_request"),
+        admin("POST /sales hold_seconds a string", Some("Bearer s3cret"), r#"{"sale_id":"h","stock":1,"hold_seconds":"60"}"#, 400, "invalid_request"),
+    ]);
+    // The hold decisions: the admin token stands in for the unset checkout token.
+    let hold = |name, method, path: &'static str, body: &str, status, error| Case {
+        name,
+        method,
+        path,
+        headers: vec![("authorization", "Bearer s3cret".to_owned())],
+        body: body.as_bytes().to_vec(),
+        status,
+        error,
+    };
+    let some_hold = "/reservations/0190f1c2-7a4b-8c3d-9e8f-0123456789ab/extend";
+    cases.extend([
+        hold(
+            "GET /reservations/x/confirm",
+            Method::GET,
+            "/reservations/x/confirm",
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        hold(
+            "bad reservation id to confirm",
+            Method::POST,
+            "/reservations/not-a-uuid/confirm",
+            "",
+            400,
+            "invalid_request",
+        ),
+        hold(
+            "bad reservation id to cancel",
+            Method::POST,
+            "/reservations/%FF/cancel",
+            "",
+            400,
+            "invalid_request",
+        ),
+        hold(
+            "unknown reservation to confirm",
+            Method::POST,
+            "/reservations/0190f1c2-7a4b-8c3d-9e8f-0123456789ab/confirm",
+            "",
+            404,
+            "unknown_reservation",
+        ),
+        hold(
+            "extend by zero seconds",
+            Method::POST,
+            some_hold,
+            r#"{"seconds":0}"#,
+            400,
+            "invalid_request",
+        ),
+        hold(
+            "extend by more than 7 days",
+            Method::POST,
+            some_hold,
+            r#"{"seconds":604801}"#,
+            400,
+            "invalid_request",
+        ),
+        hold(
+            "extend with an unknown field",
+            Method::POST,
+            some_hold,
+            r#"{"minutes":1}"#,
+            400,
+            "invalid_request",
+        ),
+        hold(
+            "extend with an array",
+            Method::POST,
+            some_hold,
+            "[5]",
+            400,
+            "invalid_request",
+        ),
+        hold(
+            "extend with a 5 KiB body",
+            Method::POST,
+            some_hold,
+            &" ".repeat(5_000),
+            413,
+            "payload_too_large",
+        ),
     ]);
     cases
 }

@@ -3,6 +3,7 @@
 
 mod bad_requests;
 mod buy;
+mod holds;
 mod outage;
 mod reservations;
 mod sales;
