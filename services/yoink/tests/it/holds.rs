@@ -2,7 +2,6 @@
 //! projector is SIGKILLed, and every reservation still ends with exactly one fate.
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,26 +9,21 @@ use futures::future::join_all;
 use redis::AsyncCommands;
 use serde_json::Value;
 use yoink_core::scripts::SaleTerms;
-use yoink_testkit::{AppOptions, TestApp, eventually, spawn_app_with};
+use yoink_testkit::{AppOptions, Spawned, TestApp, eventually, spawn_app_with};
 
-use crate::{YOINK, signal};
+use crate::YOINK;
 
 const TOKEN: &str = "checkout-secret";
 
-fn start_projector(app: &TestApp, name: &str) -> Child {
-    app.yoink_command(YOINK)
-        .args(["project", "--consumer", name])
-        .args(["--block-ms", "100", "--claim-idle-ms", "500"])
-        .args([
-            "--claim-interval-ms",
-            "100",
-            "--discover-interval-ms",
-            "100",
-        ])
-        .args(["--expiry-interval-ms", "100"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn yoink project")
+fn start_projector(app: &TestApp, name: &str) -> Spawned {
+    Spawned::start(
+        app.yoink_command(YOINK)
+            .args(["project", "--consumer", name])
+            .args(["--block-ms", "100", "--claim-idle-ms", "500"])
+            .args(["--claim-interval-ms", "100"])
+            .args(["--discover-interval-ms", "100"])
+            .args(["--expiry-interval-ms", "100"]),
+    )
 }
 
 fn now_ms() -> i64 {
@@ -45,22 +39,6 @@ async fn decide(app: &TestApp, id: &str, action: &str) -> (u16, Value) {
         .post(format!("{}/reservations/{id}/{action}", app.base))
         .bearer_auth(TOKEN);
     TestApp::status_and_json(req).await
-}
-
-/// Buys one unit each for `buyers`; returns the 202 bodies.
-async fn buy_all(app: &TestApp, sale: &str, buyers: impl Iterator<Item = String>) -> Vec<Value> {
-    let answers = join_all(buyers.map(|user| async move { app.buy(sale, &user, 1).await })).await;
-    for (status, body) in &answers {
-        assert!(
-            *status == 202 || (*status == 409 && body["error"] == "sold_out"),
-            "a buy answered {status} {body}"
-        );
-    }
-    answers
-        .into_iter()
-        .filter(|(status, _)| *status == 202)
-        .map(|(_, body)| body)
-        .collect()
 }
 
 fn id_of(hold: &Value) -> String {
@@ -93,36 +71,28 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
     let mut doomed = start_projector(&app, "doomed");
     let mut survivor = start_projector(&app, "survivor");
 
-    // 1,000 buyers on 600 units: 600 holds, 400 sold out.
-    let first = buy_all(
-        &app,
-        sale.as_str(),
-        (0..1_000).map(|i| format!("buyer-{i}")),
-    )
-    .await;
-    assert_eq!(first.len() as i64, initial, "every unit is held once");
-    let deadline_of = |hold: &Value| {
-        hold["expires_at_ms"]
-            .as_i64()
-            .expect("a hold has a deadline")
-    };
-    for hold in &first {
-        let left = deadline_of(hold) - now_ms();
-        assert!(
-            (1_000..=2_100).contains(&left),
-            "expires_at is ~2 s ahead: {hold}"
-        );
-    }
-
-    // Thirds: confirmed now, cancelled now, left to expire. Of those left to expire,
-    // half get a confirm right at the deadline (either answer is fine, but it must
-    // match the fate), half one that is clearly late (it must be 409 hold_expired).
+    // 1,000 buyers on 600 units: 600 holds, 400 sold out. Each hold's checkout call
+    // follows its 202 (by buyer: a third confirmed at once, a third cancelled at once,
+    // a third left to expire); of those left to expire, half get a confirm right at the
+    // deadline (either answer is fine, but it must match the fate), half one that is
+    // clearly late (it must be 409 hold_expired).
     let mut work = Vec::new();
-    for (i, hold) in first.iter().enumerate() {
+    for i in 0..1_000 {
         let app = app.clone();
-        let id = id_of(hold);
-        let deadline = deadline_of(hold);
         work.push(tokio::spawn(async move {
+            let (status, hold) = app.buy("holds-race", &format!("buyer-{i}"), 1).await;
+            if status != 202 {
+                assert_eq!((status, &hold["error"]), (409, &Value::from("sold_out")));
+                return None;
+            }
+            let id = id_of(&hold);
+            let deadline = hold["expires_at_ms"]
+                .as_i64()
+                .expect("a hold has a deadline");
+            assert!(
+                deadline - now_ms() <= 2_000,
+                "expires_at is hold_seconds ahead at most"
+            );
             let (kind, at) = match i % 6 {
                 0 | 1 => ("confirm", now_ms()),
                 2 | 3 => ("cancel", now_ms()),
@@ -136,20 +106,56 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
             } else {
                 "confirm"
             };
-            let answer = decide(&app, &id, action).await;
-            (id, kind, answer)
+            let (status, body) = decide(&app, &id, action).await;
+            // A call answered after the deadline rightly loses to the expiry, whatever
+            // it was sent as.
+            let late = now_ms() >= deadline;
+            Some((id, kind, (status, body, late)))
         }));
     }
     // Midway through the checkout calls, before any deadline.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    signal(&doomed, "-KILL");
-    let _ = doomed.wait();
+    doomed.kill();
 
     let mut answers: HashMap<String, (&str, u16, Value)> = HashMap::new();
+    let mut answered_late = 0;
+    let mut first = 0;
     for task in work {
-        let (id, kind, (status, body)) = task.await.expect("checkout call");
-        answers.insert(id, (kind, status, body));
+        let Some((id, kind, (status, body, late))) = task.await.expect("buyer") else {
+            continue;
+        };
+        first += 1;
+        let early_call = kind == "confirm" || kind == "cancel";
+        if early_call && status == 409 && body["error"] == "hold_expired" {
+            assert!(
+                late,
+                "{id}: an early {kind} lost to an expiry before the deadline"
+            );
+            answered_late += 1;
+            answers.insert(id, ("expired-first", status, body));
+        } else {
+            answers.insert(id, (kind, status, body));
+        }
     }
+    let count = |kind: &str, status: u16| {
+        answers
+            .values()
+            .filter(|(k, s, _)| *k == kind && *s == status)
+            .count()
+    };
+    println!(
+        "confirmed {}, cancelled {}, at the deadline {} confirmed / {} expired, late {}, \
+         early calls answered after the deadline {answered_late}",
+        count("confirm", 200),
+        count("cancel", 200),
+        count("confirm-at-deadline", 200),
+        count("confirm-at-deadline", 409),
+        count("confirm-late", 409),
+    );
+    assert!(
+        count("confirm", 200) >= 50 && count("cancel", 200) >= 50,
+        "too few early calls won to prove the race"
+    );
 
     // Every first-round hold is decided, and its units are back or sold.
     let pool = app.db.pool();
@@ -183,7 +189,12 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(fates.len(), first.len(), "one fate per hold, no more");
+    // Units cancelled while the first buyers still came were sold again to them.
+    assert!(
+        first >= initial,
+        "every unit is held at least once: {first}"
+    );
+    assert_eq!(fates.len() as i64, first, "one fate per hold, no more");
     for (id, (kind, status, body)) in &answers {
         let (fate, reason) = fates.get(id).expect("every hold has a fate");
         match (*kind, *status) {
@@ -201,7 +212,7 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
                     ("released", Some("cancelled"))
                 );
             }
-            ("confirm-at-deadline", 409) | ("confirm-late", 409) => {
+            ("confirm-at-deadline", 409) | ("confirm-late", 409) | ("expired-first", 409) => {
                 assert_eq!(body["error"], "hold_expired", "{id}: {body}");
                 assert_eq!(
                     (fate.as_str(), reason.as_deref()),
@@ -236,33 +247,60 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
         "no unit is both sold and released"
     );
 
-    // The released units are on sale again, exactly once each, and later buyers get them.
+    // The released units are on sale again, exactly once each, and later buyers get
+    // them: some already in the first round (cancelled while buyers still came), the
+    // rest now.
     let released = fates.values().filter(|(f, _)| f == "released").count() as i64;
+    let confirmed_first = fates.len() as i64 - released;
+    let on_sale = initial - confirmed_first;
     let stock_key = app.keys().stock(&sale);
     let mut redis = app.redis.clone();
     let back = eventually(Duration::from_secs(10), || {
         let mut redis = redis.clone();
         let key = stock_key.clone();
-        async move { redis.get::<_, i64>(&key).await.ok() == Some(released) }
+        async move { redis.get::<_, i64>(&key).await.ok() == Some(on_sale) }
     })
     .await;
     let stock: i64 = redis.get(&stock_key).await.expect("stock");
-    assert!(back, "released {released} units, {stock} back on sale");
-    let second = buy_all(&app, sale.as_str(), (0..1_000).map(|i| format!("late-{i}"))).await;
+    assert!(
+        back,
+        "{confirmed_first} confirmed of {initial}, {stock} on sale"
+    );
+    // Each later buyer pays at once.
+    let second: Vec<(u16, bool)> = join_all((0..1_000).map(|i| {
+        let app = app.clone();
+        async move {
+            let (status, hold) = app.buy("holds-race", &format!("late-{i}"), 1).await;
+            if status != 202 {
+                return None;
+            }
+            let deadline = hold["expires_at_ms"].as_i64().expect("a deadline");
+            let (status, body) = decide(&app, &id_of(&hold), "confirm").await;
+            let late = now_ms() >= deadline;
+            assert!(status == 200 || late, "{body}");
+            Some((status, late))
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
     assert_eq!(
         second.len() as i64,
-        released,
-        "every released unit sold again, once"
+        on_sale,
+        "every unit on sale is sold once"
     );
-    for hold in &second {
-        let (status, body) = decide(&app, &id_of(hold), "confirm").await;
-        assert_eq!(status, 200, "{body}");
-    }
+    assert_eq!(
+        first - initial + second.len() as i64,
+        released,
+        "every released unit was bought again, once"
+    );
+    let expired_again = second.iter().filter(|(status, _)| *status != 200).count() as i64;
 
     // Drained: every reservation has one fate; confirmed + remaining = initial.
     let mut last = start_projector(&app, "last");
     assert!(app.wait_drained(&sale, Duration::from_secs(30)).await);
-    let reservations = first.len() + second.len();
+    let reservations = first as usize + second.len();
     assert_eq!(
         app.db
             .scalar("SELECT count(*) FROM reservation_fates")
@@ -285,7 +323,10 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
         initial,
         "confirmed + remaining = initial"
     );
-    assert_eq!(remaining, 0, "every unit ended as an order");
+    assert_eq!(
+        remaining, expired_again,
+        "every unit ended as an order, or expired again"
+    );
     let meta = app.keys().meta(&sale);
     let (reserved, released_in_redis): (i64, i64) = (
         redis.hget(&meta, "reserved").await.expect("reserved"),
@@ -319,8 +360,6 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
         "an expiry came {worst_lag_ms} ms late"
     );
 
-    signal(&survivor, "-TERM");
-    signal(&last, "-TERM");
-    let _ = survivor.wait();
-    let _ = last.wait();
+    assert!(survivor.terminate().is_some_and(|s| s.success()));
+    assert!(last.terminate().is_some_and(|s| s.success()));
 }
