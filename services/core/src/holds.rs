@@ -179,28 +179,11 @@ pub async fn record_in(
     if batch.is_empty() {
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut sales = Vec::with_capacity(batch.len());
-    let mut users = Vec::with_capacity(batch.len());
-    let mut quantities = Vec::with_capacity(batch.len());
-    let mut stream_ids = Vec::with_capacity(batch.len());
-    let mut reserved_at_ms = Vec::with_capacity(batch.len());
-    let mut expires_at_ms = Vec::with_capacity(batch.len());
-    let mut epochs = Vec::with_capacity(batch.len());
-    let mut seqs = Vec::with_capacity(batch.len());
-    let mut idempotency_keys = Vec::with_capacity(batch.len());
-    for (stream_id, r) in batch {
-        ids.push(r.reservation_id.as_uuid());
-        sales.push(r.sale_id.as_str());
-        users.push(r.user_id.as_str());
-        quantities.push(r.quantity);
-        stream_ids.push(*stream_id);
-        reserved_at_ms.push(r.reserved_at_ms);
-        expires_at_ms.push(r.expires_at_ms.unwrap_or(r.reserved_at_ms));
-        epochs.push(r.position.map(|p| p.epoch));
-        seqs.push(r.position.map(|p| p.seq));
-        idempotency_keys.push(r.idempotency_key.as_deref());
-    }
+    let c = ledger::Columns::of(batch);
+    let expires_at_ms: Vec<i64> = batch
+        .iter()
+        .map(|(_, r)| r.expires_at_ms.unwrap_or(r.reserved_at_ms))
+        .collect();
     let statement = tx
         .prepare_cached(
             "WITH input AS (
@@ -245,16 +228,16 @@ pub async fn record_in(
         .query_one(
             &statement,
             &[
-                &ids,
-                &sales,
-                &users,
-                &quantities,
-                &stream_ids,
-                &reserved_at_ms,
+                &c.ids,
+                &c.sales,
+                &c.users,
+                &c.quantities,
+                &c.stream_ids,
+                &c.reserved_at_ms,
                 &expires_at_ms,
-                &epochs,
-                &seqs,
-                &idempotency_keys,
+                &c.epochs,
+                &c.seqs,
+                &c.idempotency_keys,
             ],
         )
         .await?;

@@ -76,6 +76,48 @@ pub async fn confirm(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<u64, Le
     Ok(new_orders)
 }
 
+/// A batch of reservations as one array per column, for `UNNEST` (one statement per
+/// batch, whatever its size).
+pub(crate) struct Columns<'a> {
+    pub ids: Vec<Uuid>,
+    pub sales: Vec<&'a str>,
+    pub users: Vec<&'a str>,
+    pub quantities: Vec<i64>,
+    pub stream_ids: Vec<&'a str>,
+    pub reserved_at_ms: Vec<i64>,
+    pub epochs: Vec<Option<i64>>,
+    pub seqs: Vec<Option<i64>>,
+    pub idempotency_keys: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    pub fn of(batch: &[(&'a str, &'a Reserved)]) -> Self {
+        Self {
+            ids: batch
+                .iter()
+                .map(|(_, r)| r.reservation_id.as_uuid())
+                .collect(),
+            sales: batch.iter().map(|(_, r)| r.sale_id.as_str()).collect(),
+            users: batch.iter().map(|(_, r)| r.user_id.as_str()).collect(),
+            quantities: batch.iter().map(|(_, r)| r.quantity).collect(),
+            stream_ids: batch.iter().map(|(id, _)| *id).collect(),
+            reserved_at_ms: batch.iter().map(|(_, r)| r.reserved_at_ms).collect(),
+            epochs: batch
+                .iter()
+                .map(|(_, r)| r.position.map(|p| p.epoch))
+                .collect(),
+            seqs: batch
+                .iter()
+                .map(|(_, r)| r.position.map(|p| p.seq))
+                .collect(),
+            idempotency_keys: batch
+                .iter()
+                .map(|(_, r)| r.idempotency_key.as_deref())
+                .collect(),
+        }
+    }
+}
+
 /// `confirm` inside the caller's transaction.
 pub async fn confirm_in(
     tx: &Transaction<'_>,
@@ -84,28 +126,8 @@ pub async fn confirm_in(
     if batch.is_empty() {
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(batch.len());
-    let mut sales = Vec::with_capacity(batch.len());
-    let mut users = Vec::with_capacity(batch.len());
-    let mut quantities = Vec::with_capacity(batch.len());
-    let mut stream_ids = Vec::with_capacity(batch.len());
-    let mut reserved_at_ms = Vec::with_capacity(batch.len());
-    let mut order_ids = Vec::with_capacity(batch.len());
-    let mut epochs = Vec::with_capacity(batch.len());
-    let mut seqs = Vec::with_capacity(batch.len());
-    let mut idempotency_keys = Vec::with_capacity(batch.len());
-    for (stream_id, r) in batch {
-        ids.push(r.reservation_id.as_uuid());
-        sales.push(r.sale_id.as_str());
-        users.push(r.user_id.as_str());
-        quantities.push(r.quantity);
-        stream_ids.push(*stream_id);
-        reserved_at_ms.push(r.reserved_at_ms);
-        order_ids.push(Uuid::now_v7());
-        epochs.push(r.position.map(|p| p.epoch));
-        seqs.push(r.position.map(|p| p.seq));
-        idempotency_keys.push(r.idempotency_key.as_deref());
-    }
+    let c = Columns::of(batch);
+    let order_ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
     let statement = tx
         .prepare_cached(
             "WITH input AS (
@@ -158,16 +180,16 @@ pub async fn confirm_in(
         .query_one(
             &statement,
             &[
-                &ids,
-                &sales,
-                &users,
-                &quantities,
-                &stream_ids,
-                &reserved_at_ms,
+                &c.ids,
+                &c.sales,
+                &c.users,
+                &c.quantities,
+                &c.stream_ids,
+                &c.reserved_at_ms,
                 &order_ids,
-                &epochs,
-                &seqs,
-                &idempotency_keys,
+                &c.epochs,
+                &c.seqs,
+                &c.idempotency_keys,
             ],
         )
         .await?;

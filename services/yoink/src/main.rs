@@ -73,8 +73,9 @@ enum Command {
         )]
         metrics_listen: String,
     },
-    /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged, oversold, recovering
-    /// or data lost, 2 a store could not be read, 3 no such sale, 64 a wrong command line.
+    /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged, oversold, recovering,
+    /// data lost or holds overdue, 2 a store could not be read, 3 no such sale, 64 a wrong
+    /// command line.
     Reconcile {
         #[command(flatten)]
         args: ReconcileArgs,
@@ -308,6 +309,7 @@ async fn serve(
         key_prefix = %stores.key_prefix,
         max_in_flight = api.max_in_flight,
         admin = api.admin_token.is_some(),
+        checkout = api.checkout_token.is_some() || api.admin_token.is_some(),
         durability = api.durability.as_str(),
         "Serving the API."
     );
