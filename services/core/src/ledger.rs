@@ -143,7 +143,10 @@ pub async fn confirm_in(
                  SELECT reservation_id, sale_id, user_id, quantity, 'confirmed', stream_id,
                         to_timestamp(reserved_at_ms / 1000.0), epoch, seq, idempotency_key
                  FROM input
-                 ON CONFLICT (reservation_id) DO NOTHING
+                 -- Any conflict: on the key, or on (reservation_id, fate) when a concurrent
+                 -- transaction decides the same reservation (the arbiter of a targeted
+                 -- ON CONFLICT would let that one raise a unique violation instead).
+                 ON CONFLICT DO NOTHING
                  RETURNING reservation_id, sale_id, user_id, quantity, reserved_at
              ), ordered AS (
                  INSERT INTO orders (order_id, reservation_id, sale_id, user_id, quantity, reserved_at)
@@ -301,7 +304,10 @@ pub async fn release_in(
                   epoch, seq, idempotency_key)
              VALUES ($1, $2, $3, $4, 'released', $5, $6, to_timestamp($7::bigint / 1000.0),
                      $8, $9, $10)
-             ON CONFLICT (reservation_id) DO NOTHING
+             -- Any conflict: on the key, or on (reservation_id, fate) when a concurrent
+             -- transaction decides the same reservation (the arbiter of a targeted
+             -- ON CONFLICT would let that one raise a unique violation instead).
+             ON CONFLICT DO NOTHING
              RETURNING reservation_id",
             &[
                 &r.reservation_id.as_uuid(),
