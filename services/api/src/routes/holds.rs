@@ -213,12 +213,17 @@ async fn record(state: &AppState, id: ReservationId) -> Result<(), ApiError> {
 }
 
 /// True when PostgreSQL decided the reservation `id` (it has a fate) with no hold row:
-/// a reservation of a sale without holds, already an order or released.
+/// a reservation of a sale without holds, already an order or released. A hold whose
+/// row appeared since `act` looked (the projector recorded it) and that was decided
+/// meanwhile (an expiry sweep) has both: it is a hold, and `act` answers its fate. A
+/// hold's row always commits before its fate, and is never deleted, so one query
+/// that sees the fate sees the row.
 async fn decided_without_hold(state: &AppState, id: ReservationId) -> Result<bool, ApiError> {
     let db = state.pool.get().await?;
     let row = db
         .query_opt(
-            "SELECT 1 FROM reservation_fates WHERE reservation_id = $1",
+            "SELECT 1 FROM reservation_fates f WHERE f.reservation_id = $1
+               AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.reservation_id = $1)",
             &[&id.as_uuid()],
         )
         .await?;

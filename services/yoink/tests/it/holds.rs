@@ -227,7 +227,27 @@ async fn confirm_cancel_and_expiry_race_and_every_hold_gets_exactly_one_fate() {
                     ("released", Some("expired"))
                 );
             }
-            _ => panic!("{id}: {kind} answered {status} {body}"),
+            _ => {
+                let hold = db
+                    .query_opt(
+                        "SELECT state, extract(epoch FROM decided_at)::text,
+                                extract(epoch FROM expires_at)::text
+                         FROM holds WHERE reservation_id = $1::text::uuid",
+                        &[id],
+                    )
+                    .await
+                    .expect("hold")
+                    .map(|r| {
+                        (
+                            r.get::<_, String>(0),
+                            r.get::<_, Option<String>>(1),
+                            r.get::<_, String>(2),
+                        )
+                    });
+                panic!(
+                    "{id}: {kind} answered {status} {body}; fate {fate} {reason:?}, hold {hold:?}"
+                )
+            }
         }
     }
     let late = answers
