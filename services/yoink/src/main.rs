@@ -80,6 +80,13 @@ enum Command {
         #[command(flatten)]
         args: ReconcileArgs,
     },
+    /// A flash sale as a user sees it: buyers through the real API, a live display, the
+    /// drain, a reconcile and the report. Exit 0 only if nothing was oversold or lost.
+    /// Uses REDIS_URL/DATABASE_URL when they answer, else private throwaway instances.
+    Demo {
+        #[command(flatten)]
+        args: yoink_demo::DemoArgs,
+    },
     /// Manage sales.
     Sale {
         #[command(subcommand)]
@@ -123,11 +130,6 @@ struct CreateSaleArgs {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::try_parse().unwrap_or_else(|err| {
         // --help and --version are not errors; a wrong command line gets EX_USAGE, its
         // own exit code, apart from every code a command itself documents.
@@ -139,6 +141,16 @@ async fn main() {
         let _ = err.print();
         std::process::exit(code);
     });
+    // The demo draws its own display: its in-process services log warnings only.
+    let default_level = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .init();
     let checked = cli.stores.check().and_then(|()| match &cli.command {
         Command::Project { args } => args.check(),
         Command::Relay { args, .. } => args.check(),
@@ -175,6 +187,7 @@ async fn main() {
         Command::Sale {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
+        Command::Demo { args } => demo(&cli.stores, &args).await,
     };
     if let Err(err) = outcome {
         eprintln!("Error: {}", one_line(err.as_ref()));
@@ -434,6 +447,17 @@ async fn relay(
     relay.await.context("relay task")?;
     let _ = probe.await;
     metrics.stopped().await;
+    Ok(())
+}
+
+/// The demo's exit code is its verdict: 0 nothing oversold or lost, 1 otherwise (or
+/// when it could not run).
+async fn demo(stores: &StoreArgs, args: &yoink_demo::DemoArgs) -> anyhow::Result<()> {
+    let report = yoink_demo::run(stores, args).await?;
+    println!("{report}");
+    if !report.ok() {
+        std::process::exit(1);
+    }
     Ok(())
 }
 
