@@ -5,8 +5,11 @@
 //! long after the sell-out the last order was written.
 //!
 //! Stores: `REDIS_URL` / `DATABASE_URL` when both answer; otherwise private, throwaway
-//! instances (`yoink-localstores`), removed afterwards. On shared stores it works under
-//! a key prefix and a sale id of its own, and never deletes or flushes anything.
+//! instances (`yoink-localstores`), removed afterwards. On your stores it works in a
+//! database (`yoink_demo_<ms>`) and under a key prefix of its own, both removed at the
+//! end unless `--keep`: it never touches, deletes or flushes anything else. (A key
+//! prefix alone is not enough: a projector takes every sale its database knows for one
+//! its Redis must hold.)
 //!
 //! It exits 0 only when nothing was oversold or lost; it must never report success on
 //! figures it could not read.
@@ -53,6 +56,9 @@ pub struct DemoArgs {
     /// No live progress display (for logs and tests).
     #[arg(long, env = "YOINK_DEMO_QUIET")]
     pub quiet: bool,
+    /// Keep the demo's database and Redis keys afterwards, to look at them.
+    #[arg(long, env = "YOINK_DEMO_KEEP")]
+    pub keep: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,19 +206,78 @@ pub async fn run(given: &StoreArgs, args: &DemoArgs) -> Result<Report, DemoError
         ));
     }
     let stores = choose_stores(given, args.private_stores).await?;
-    let outcome = demo(&stores, args).await;
-    if let Stores::Private(_, local) = stores {
-        local.stop();
+    // Unique per run, also for runs started in the same millisecond by one process.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let stamp = now_ms() * 1_000 + u128::from(RUNS.fetch_add(1, Ordering::Relaxed) % 1_000);
+    let mut store_args = stores.args().clone();
+    // Its own database and keys: the demo's projector sees only the demo's sale.
+    store_args.key_prefix = format!("{}yoink-demo-{stamp}:", store_args.key_prefix);
+    store_args.database_url =
+        with_database(&store_args.database_url, &format!("yoink_demo_{stamp}"));
+    say(args, &format!("Stores: {}.", stores.describe()));
+    let outcome = demo(&store_args, stamp, args).await;
+    match stores {
+        Stores::Private(_, local) => local.stop(),
+        Stores::Given(_) if args.keep => say(
+            args,
+            &format!(
+                "Kept: database {}, Redis keys {}*.",
+                store_args.database_url_for_logs(),
+                store_args.key_prefix
+            ),
+        ),
+        Stores::Given(_) => {
+            if let Err(err) = remove(&store_args).await {
+                eprintln!("Could not remove the demo's database or keys: {err}");
+            }
+        }
     }
     outcome
 }
 
-async fn demo(stores: &Stores, args: &DemoArgs) -> Result<Report, DemoError> {
-    let stamp = now_ms();
-    let mut store_args = stores.args().clone();
-    // Its own keys: the demo's projector sees only the demo's sale.
-    store_args.key_prefix = format!("{}yoink-demo-{stamp}:", store_args.key_prefix);
-    say(args, &format!("Stores: {}.", stores.describe()));
+/// Drops the demo's database and deletes its keys (only those: its prefix).
+async fn remove(stores: &StoreArgs) -> Result<(), DemoError> {
+    let mut redis = RedisConn::open(stores).await?;
+    let pattern = format!("{}*", stores.key_prefix);
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut redis)
+            .await?;
+        for key in keys {
+            // One key per call: keys of different sales live in different cluster slots.
+            let _: i64 = redis.unlink(&key).await?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let database = stores
+        .database_url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    let (client, connection) =
+        tokio_postgres::connect(&server_url(&stores.database_url), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+        ))
+        .await?;
+    Ok(())
+}
+
+async fn demo(store_args: &StoreArgs, stamp: u128, args: &DemoArgs) -> Result<Report, DemoError> {
+    let store_args = store_args.clone();
 
     db::ensure_database(&store_args.database_url).await?;
     let pool = db::pool(&store_args.database_url, 4)?;

@@ -165,6 +165,7 @@ mod tests {
             private_stores: false,
             drain_secs: 1,
             quiet: true,
+            keep: false,
         };
         let load = LoadReport {
             elapsed: Duration::from_secs(1),

@@ -15,6 +15,7 @@ fn small() -> DemoArgs {
         private_stores: false,
         drain_secs: 60,
         quiet: true,
+        keep: false,
     }
 }
 
