@@ -80,6 +80,29 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Drops the URL's database (its open connections are ended first): for throwaway
+/// databases a tool made for itself (`yoink demo`, `yoink bench`), never the ledger.
+pub async fn drop_database(url: &str) -> Result<(), DbError> {
+    let config = parse(url)?;
+    let name = config
+        .get_dbname()
+        .ok_or(DbError::NoDatabaseName)?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.map_err(DbError::Connect)?;
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "\"\"")
+        ))
+        .await?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
 /// A bounded pool; connections are opened lazily, so this succeeds while PostgreSQL is
 /// down and callers get a quick error instead.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {

@@ -126,6 +126,36 @@ impl ConnectionLike for RedisConn {
 
 /// True when a Redis error means "Redis could not be reached or did not answer", as
 /// opposed to an answer we did not like.
+/// Deletes every key under `prefix` (SCAN, then one UNLINK per key: keys of different
+/// sales live in different cluster slots): for a throwaway key prefix a tool made for
+/// itself (`yoink demo`, `yoink bench`), never production keys.
+pub async fn delete_prefixed(redis: &mut RedisConn, prefix: &str) -> redis::RedisResult<u64> {
+    if prefix.is_empty() {
+        return Ok(0);
+    }
+    let pattern = format!("{prefix}*");
+    let mut deleted = 0;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(redis)
+            .await?;
+        for key in keys {
+            let removed: u64 = redis::cmd("UNLINK").arg(&key).query_async(redis).await?;
+            deleted += removed;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
 pub fn is_unavailable(err: &redis::RedisError) -> bool {
     err.is_io_error()
         || err.is_timeout()

@@ -238,41 +238,8 @@ pub async fn run(given: &StoreArgs, args: &DemoArgs) -> Result<Report, DemoError
 /// Drops the demo's database and deletes its keys (only those: its prefix).
 async fn remove(stores: &StoreArgs) -> Result<(), DemoError> {
     let mut redis = RedisConn::open(stores).await?;
-    let pattern = format!("{}*", stores.key_prefix);
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(&mut redis)
-            .await?;
-        for key in keys {
-            // One key per call: keys of different sales live in different cluster slots.
-            let _: i64 = redis.unlink(&key).await?;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    let database = stores
-        .database_url
-        .rsplit('/')
-        .next()
-        .and_then(|d| d.split('?').next())
-        .unwrap_or_default()
-        .to_owned();
-    let (client, connection) =
-        tokio_postgres::connect(&server_url(&stores.database_url), tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-        ))
-        .await?;
+    yoink_core::redis_store::delete_prefixed(&mut redis, &stores.key_prefix).await?;
+    db::drop_database(&stores.database_url).await?;
     Ok(())
 }
 

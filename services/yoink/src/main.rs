@@ -87,6 +87,14 @@ enum Command {
         #[command(flatten)]
         args: yoink_demo::DemoArgs,
     },
+    /// The case study's versions side by side under one load: naive (V1), db-atomic
+    /// (V2), redis-sync (V3, a PostgreSQL insert per buy over --pg-pool connections) and
+    /// stream (Yoink). Writes results.json and report.md to --out. The comparison
+    /// strategies exist only here.
+    Bench {
+        #[command(flatten)]
+        args: yoink_bench::BenchArgs,
+    },
     /// Manage sales.
     Sale {
         #[command(subcommand)]
@@ -143,7 +151,7 @@ async fn main() {
     });
     // The demo draws its own display: its in-process services log warnings only.
     let default_level = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } | Command::Bench { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -188,6 +196,10 @@ async fn main() {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
         Command::Demo { args } => demo(&cli.stores, &args).await,
+        Command::Bench { args } => yoink_bench::run(&cli.stores, &args)
+            .await
+            .map(|_| ())
+            .context("bench"),
     };
     if let Err(err) = outcome {
         eprintln!("Error: {}", one_line(err.as_ref()));
