@@ -16,6 +16,7 @@
 //!
 //! The comparison strategies are reachable only through `yoink bench`, never `serve`.
 
+mod chart;
 mod report;
 mod sampler;
 mod server;

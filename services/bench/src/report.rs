@@ -1,5 +1,5 @@
 //! The bench's results: one row per strategy, the machine they ran on, the markdown
-//! table and the files (`results.json`, `report.md`). Pure arithmetic and text apart from
+//! table and the files (`results.json`, `report.md`, and through `chart` `latency.svg`). Pure arithmetic and text apart from
 //! `Machine::this` and `write`, so the rules have unit tests.
 //!
 //! Oversold: units in orders beyond the stock. Lost: units taken in Redis with no order
@@ -119,7 +119,7 @@ impl Results {
         out
     }
 
-    /// `report.md`: the machine, the load, the table and the notes.
+    /// `report.md`: the machine, the load, the table, the chart and the notes.
     pub fn markdown(&self) -> String {
         let mut out = String::from("# yoink bench\n\n");
         let _ = writeln!(
@@ -135,6 +135,7 @@ impl Results {
             );
         }
         out.push_str(&self.table());
+        out.push_str("\n![POST /buy latency per strategy](latency.svg)\n");
         let notes: Vec<_> = self
             .strategies
             .iter()
@@ -157,12 +158,14 @@ impl Results {
         out
     }
 
-    /// Writes `results.json` and `report.md` into `dir` (created when missing).
+    /// Writes `results.json`, `report.md` and `latency.svg` into `dir` (created when
+    /// missing).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("results.json"), json)?;
         std::fs::write(dir.join("report.md"), self.markdown())?;
+        crate::chart::latency_svg(self, &dir.join("latency.svg")).map_err(std::io::Error::other)?;
         Ok(())
     }
 }

@@ -61,11 +61,27 @@ pub(crate) struct Failures {
 }
 
 impl Failures {
-    fn record(&self, err: &dyn std::fmt::Display) -> Bought {
+    fn record(&self, err: &(dyn std::error::Error + 'static)) -> Bought {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let _ = self.first.get_or_init(|| err.to_string());
+        let _ = self.first.get_or_init(|| with_causes(err));
         Bought::Unavailable
     }
+}
+
+/// An error and its causes in one line (PostgreSQL's own words are in the last one,
+/// e.g. "sorry, too many clients already").
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 pub(crate) enum Kind {

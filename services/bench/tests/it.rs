@@ -74,7 +74,7 @@ async fn db_atomic_and_stream_neither_oversell_nor_lose() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_report_files_exist_and_results_json_parses() {
+async fn the_report_files_exist_results_json_parses_and_the_chart_names_each_strategy() {
     let db = TestDb::new().await;
     let out = tempfile::tempdir().expect("a temp dir");
     let dir = out.path().join("nested");
@@ -82,8 +82,26 @@ async fn the_report_files_exist_and_results_json_parses() {
     assert_eq!(outcome.out_dir, dir);
     let json = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
     let parsed: Results = serde_json::from_str(&json).expect("results.json parses");
-    assert_eq!(parsed, outcome.results);
+    // Floats read back to the last bit only with serde_json's float_roundtrip: compare
+    // counts exactly and figures to a nanosecond.
+    let key = |r: &Results| -> Vec<(String, u64, i64, i64, i64)> {
+        r.strategies
+            .iter()
+            .map(|s| (s.strategy.clone(), s.accepted, s.orders, s.oversold, s.lost))
+            .collect()
+    };
+    assert_eq!(key(&parsed), key(&outcome.results));
+    for (a, b) in parsed.strategies.iter().zip(&outcome.results.strategies) {
+        assert!(
+            (a.p99_ms - b.p99_ms).abs() < 1e-6 && (a.elapsed_secs - b.elapsed_secs).abs() < 1e-9
+        );
+    }
     let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    let svg = std::fs::read_to_string(dir.join("latency.svg")).expect("latency.svg");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("db-atomic"),
+        "an SVG naming the strategies"
+    );
     assert!(md.contains("| db-atomic |"), "{md}");
     assert!(md.contains("CPUs"), "{md}");
 }
