@@ -28,13 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db};
+use yoink_demo::with_database;
 use yoink_loadgen::{Load, LoadReport, Progress};
-use yoink_projector::ProjectorArgs;
 
 pub use report::{Machine, Results, StrategyResult};
 
@@ -392,45 +390,15 @@ async fn stream(
     let sale = SaleId::parse(&format!("bench-{stamp}"))
         .map_err(|e| BenchError::Usage(format!("sale id: {e}")))?;
 
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let pipeline = yoink_demo::Pipeline::start(&stores, args.buyers, "bench")
         .await
-        .map_err(|e| BenchError::Server(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| BenchError::Server(e.to_string()))?;
-    let mut api_args = yoink_api::ApiArgs::local();
-    api_args.max_in_flight = api_args.max_in_flight.max(args.buyers * 2);
-    let state = yoink_api::state(&stores, &api_args)
-        .await
-        .map_err(|e| BenchError::Server(e.to_string()))?;
-    let (api_stop, api_stopped) = oneshot::channel::<()>();
-    let api = tokio::spawn(yoink_api::run(listener, state, api_args, async {
-        let _ = api_stopped.await;
-    }));
-    let (projector_stop, projector_stopped) = oneshot::channel::<()>();
-    let projector_stores = stores.clone();
-    let projector = tokio::spawn(async move {
-        let args = ProjectorArgs {
-            consumer: Some("bench".into()),
-            metrics_listen: "off".into(),
-            ..ProjectorArgs::defaults()
-        };
-        yoink_projector::run(&projector_stores, args, None, async {
-            let _ = projector_stopped.await;
-        })
-        .await
-    });
-    let stop = || async {
-        let _ = projector_stop.send(());
-        let _ = api_stop.send(());
-        let _ = projector.await;
-        let _ = api.await;
-    };
+        .map_err(BenchError::Server)?;
+    let addr = pipeline.addr;
 
     let mut redis = match RedisConn::open(&stores).await {
         Ok(redis) => redis,
         Err(err) => {
-            stop().await;
+            pipeline.stop().await;
             return Err(err.into());
         }
     };
@@ -468,7 +436,7 @@ async fn stream(
         ))
     }
     .await;
-    stop().await;
+    pipeline.stop().await;
     outcome
 }
 
@@ -558,22 +526,6 @@ fn result(
         peak_pg_connections: peaks.pg_connections,
         peak_rss_bytes: peaks.rss,
         notes,
-    }
-}
-
-/// `url` pointing at `database` on the same server.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
     }
 }
 

@@ -14,6 +14,7 @@
 //! It exits 0 only when nothing was oversold or lost; it must never report success on
 //! figures it could not read.
 
+mod pipeline;
 mod report;
 
 use std::sync::Arc;
@@ -22,16 +23,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use redis::AsyncCommands;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db};
 use yoink_loadgen::{Load, Progress};
 use yoink_localstores::LocalStores;
-use yoink_projector::ProjectorArgs;
 use yoink_reconciler::ReconcileArgs;
 
+pub use pipeline::{Pipeline, with_database};
 pub use report::Report;
 
 /// `yoink demo` settings.
@@ -155,21 +154,6 @@ fn server_url(url: &str) -> String {
     with_database(url, "postgres")
 }
 
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
 async fn choose_stores(given: &StoreArgs, private: bool) -> Result<Stores, DemoError> {
     let reason = if private {
         "--private-stores".to_owned()
@@ -251,34 +235,10 @@ async fn demo(store_args: &StoreArgs, stamp: u128, args: &DemoArgs) -> Result<Re
     db::migrate(&pool).await?;
 
     // The API and a projector, in this process.
-    let listener = TcpListener::bind("127.0.0.1:0")
+    let pipeline = Pipeline::start(&store_args, args.buyers, "demo")
         .await
-        .map_err(|e| DemoError::Api(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DemoError::Api(e.to_string()))?;
-    let mut api_args = yoink_api::ApiArgs::local();
-    api_args.max_in_flight = api_args.max_in_flight.max(args.buyers * 2);
-    let state = yoink_api::state(&store_args, &api_args)
-        .await
-        .map_err(|e| DemoError::Api(e.to_string()))?;
-    let (api_stop, api_stopped) = oneshot::channel::<()>();
-    let api = tokio::spawn(yoink_api::run(listener, state, api_args, async {
-        let _ = api_stopped.await;
-    }));
-    let (projector_stop, projector_stopped) = oneshot::channel::<()>();
-    let projector_stores = store_args.clone();
-    let projector = tokio::spawn(async move {
-        let args = ProjectorArgs {
-            consumer: Some("demo".into()),
-            metrics_listen: "off".into(),
-            ..ProjectorArgs::defaults()
-        };
-        yoink_projector::run(&projector_stores, args, None, async {
-            let _ = projector_stopped.await;
-        })
-        .await
-    });
+        .map_err(DemoError::Api)?;
+    let addr = pipeline.addr;
 
     let keys = Keyspace::new(store_args.key_prefix.clone());
     let sale = SaleId::parse(&format!("demo-{stamp}"))
@@ -367,10 +327,7 @@ async fn demo(store_args: &StoreArgs, stamp: u128, args: &DemoArgs) -> Result<Re
     let mut rendered = Vec::new();
     let verdict = yoink_reconciler::run_once(&store_args, &reconcile_args, &mut rendered).await?;
 
-    let _ = projector_stop.send(());
-    let _ = api_stop.send(());
-    let _ = projector.await;
-    let _ = api.await;
+    pipeline.stop().await;
 
     Ok(Report::new(
         &sale,

@@ -19,20 +19,28 @@ fn small() -> DemoArgs {
     }
 }
 
-/// Redis and PostgreSQL server processes running now (the postmasters, not their
-/// backends).
-fn servers() -> Vec<String> {
+/// What the private stores leave behind: PostgreSQL servers running from, and temp dirs
+/// named, `yoink-demo-*` (Redis's dir is removed only once its server is stopped).
+fn leftovers() -> Vec<String> {
     let out = Command::new("ps")
         .args(["-eo", "args"])
         .output()
         .expect("ps runs");
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.starts_with("redis-server") || l.contains("bin/postgres"))
+        .filter(|l| l.contains("yoink-demo-"))
         .map(str::to_owned)
         .collect();
-    lines.sort();
-    lines
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        found.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("yoink-demo-")),
+        );
+    }
+    found.sort();
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,7 +65,7 @@ async fn a_small_demo_on_this_machines_stores_sells_out_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_no_reachable_stores_it_starts_private_ones_and_removes_them() {
-    let before = servers();
+    let before = leftovers();
     let closed = StoreArgs::local(
         format!("postgres://postgres@127.0.0.1:{}/yoink", free_port()),
         format!("redis://127.0.0.1:{}", free_port()),
@@ -67,5 +75,9 @@ async fn with_no_reachable_stores_it_starts_private_ones_and_removes_them() {
         .expect("the demo runs");
     assert!(report.ok(), "{report}");
     assert_eq!(report.settled.confirmed_units, 300);
-    assert_eq!(servers(), before, "no private server left running");
+    assert_eq!(
+        leftovers(),
+        before,
+        "no private server or temp dir left behind"
+    );
 }
