@@ -1,5 +1,6 @@
-//! `latency.svg`: p50, p95 and p99 of every strategy as grouped bars (plotters, SVG
-//! backend). Drawing only: it reads the results, never measures.
+//! The bench's charts (plotters, SVG backend): `latency.svg`, p50, p95 and p99 of every
+//! strategy as grouped bars; `timeline.svg`, units granted and in orders over time.
+//! Drawing only: it reads the results, never measures.
 
 use std::path::Path;
 
@@ -59,6 +60,80 @@ pub fn latency_svg(results: &Results, path: &Path) -> Result<(), String> {
             .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Draws `timeline.svg`: for every strategy, the units granted (202s so far, thin) and
+/// the units in orders (thick) over time, against the stock.
+pub fn timeline_svg(results: &Results, path: &Path) -> Result<(), String> {
+    let rows = &results.strategies;
+    let stock = rows.first().map_or(1, |r| r.stock).max(1) as f64;
+    let top_units = rows
+        .iter()
+        .flat_map(|r| {
+            r.timeline
+                .iter()
+                .map(|p| (p.accepted as f64).max(p.orders as f64))
+        })
+        .fold(stock, f64::max)
+        * 1.1;
+    let end = rows
+        .iter()
+        .flat_map(|r| r.timeline.iter().map(|p| p.secs))
+        .fold(1.0_f64, f64::max);
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Units granted (thin) and in orders (thick) over time; stock {stock}"),
+            ("sans-serif", 18),
+        )
+        .margin(16)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..end, 0.0..top_units)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the first buy")
+        .y_desc("units")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let colours = [
+        RGBColor(90, 160, 220),
+        RGBColor(240, 170, 60),
+        RGBColor(210, 80, 70),
+        RGBColor(60, 160, 90),
+    ];
+    for (i, r) in rows.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        chart
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|p| (p.secs, p.accepted as f64)),
+                colour.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|p| (p.secs, p.orders as f64)),
+                colour.stroke_width(3),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(r.strategy.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(3)));
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, stock), (end, stock)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
     chart
         .configure_series_labels()
         .border_style(BLACK)

@@ -36,6 +36,7 @@ use yoink_loadgen::{Load, LoadReport, Progress};
 
 pub use report::{Machine, Results, StrategyResult};
 
+pub use sampler::TimePoint;
 use sampler::{Peaks, Sampler};
 use server::Server;
 use strategies::{Backend, Kind};
@@ -297,10 +298,22 @@ fn load(addr: std::net::SocketAddr, sale: &str, stamp: &str, args: &BenchArgs) -
     }
 }
 
-/// The load, with PostgreSQL connections and memory sampled while it runs.
-async fn measured(load: &Load, database_url: &str) -> Result<(LoadReport, Peaks), BenchError> {
-    let sampler = Sampler::start(database_url).await;
-    let report = yoink_loadgen::run(load, Arc::new(Progress::default())).await;
+/// The load, with PostgreSQL connections, memory and the sale's timeline sampled while
+/// it runs (`orders_sql`: where this strategy's orders are).
+async fn measured(
+    load: &Load,
+    database_url: &str,
+    orders_sql: &'static str,
+) -> Result<(LoadReport, Peaks), BenchError> {
+    let progress = Arc::new(Progress::default());
+    let sampler = Sampler::start(
+        database_url,
+        orders_sql,
+        load.sale_id.clone(),
+        progress.clone(),
+    )
+    .await;
+    let report = yoink_loadgen::run(load, progress).await;
     let peaks = sampler.stop().await;
     Ok((report?, peaks))
 }
@@ -346,7 +359,7 @@ async fn comparison(
         .await
         .map_err(|e| BenchError::Server(e.to_string()))?;
     let load = load(server.addr, sale.as_str(), &stamp, args);
-    let measured = measured(&load, &stores.database_url).await;
+    let measured = measured(&load, &stores.database_url, sampler::BENCH_ORDERS).await;
     // Stopped before counting: no request is still writing.
     server.stop().await;
     pool.close();
@@ -405,16 +418,23 @@ async fn stream(
     let outcome = async {
         create_sale(&mut redis, &keys, admin, &sale, args.stock).await?;
         let load = load(addr, sale.as_str(), &stamp, args);
-        let (report, peaks) = measured(&load, &stores.database_url).await?;
+        let (report, mut peaks) =
+            measured(&load, &stores.database_url, sampler::YOINK_ORDERS).await?;
 
         // Drain: every accepted unit becomes an order.
         let accepted = i64::try_from(report.accepted).unwrap_or(i64::MAX);
-        let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
+        let drain_started = Instant::now();
+        let deadline = drain_started + Duration::from_secs(args.drain_secs);
         let mut orders = yoink_orders(admin, &sale).await?;
         while orders < accepted && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             orders = yoink_orders(admin, &sale).await?;
         }
+        peaks.timeline.push(TimePoint {
+            secs: report.elapsed.as_secs_f64() + drain_started.elapsed().as_secs_f64(),
+            accepted: report.accepted,
+            orders,
+        });
         let remaining: i64 = redis.get(keys.stock(&sale)).await?;
         let mut notes = Vec::new();
         if orders < accepted {
@@ -525,6 +545,7 @@ fn result(
         lost,
         peak_pg_connections: peaks.pg_connections,
         peak_rss_bytes: peaks.rss,
+        timeline: peaks.timeline,
         notes,
     }
 }

@@ -42,6 +42,10 @@ pub struct StrategyResult {
     pub peak_rss_bytes: Option<u64>,
     /// What else the reader should know (PostgreSQL refusals, an incomplete drain, …).
     pub notes: Vec<String>,
+    /// Units granted and units in orders, every 100 ms from the start of the load (for
+    /// `stream`, with one last point when the drain ended).
+    #[serde(default)]
+    pub timeline: Vec<crate::sampler::TimePoint>,
 }
 
 /// Oversold units: orders beyond the stock.
@@ -136,6 +140,7 @@ impl Results {
         }
         out.push_str(&self.table());
         out.push_str("\n![POST /buy latency per strategy](latency.svg)\n");
+        out.push_str("\n![Units granted and in orders over time](timeline.svg)\n");
         let notes: Vec<_> = self
             .strategies
             .iter()
@@ -158,14 +163,16 @@ impl Results {
         out
     }
 
-    /// Writes `results.json`, `report.md` and `latency.svg` into `dir` (created when
-    /// missing).
+    /// Writes `results.json`, `report.md`, `latency.svg` and `timeline.svg` into `dir`
+    /// (created when missing).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("results.json"), json)?;
         std::fs::write(dir.join("report.md"), self.markdown())?;
         crate::chart::latency_svg(self, &dir.join("latency.svg")).map_err(std::io::Error::other)?;
+        crate::chart::timeline_svg(self, &dir.join("timeline.svg"))
+            .map_err(std::io::Error::other)?;
         Ok(())
     }
 }

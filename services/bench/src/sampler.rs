@@ -1,25 +1,48 @@
 //! Samples, every 100 ms while a load runs, PostgreSQL's connection count
-//! (`pg_stat_activity`, the whole server) and this process's resident memory.
+//! (`pg_stat_activity`, the whole server), this process's resident memory, and the
+//! sale's timeline: units the buyers were granted (202s so far) and units in orders.
 //!
 //! It opens one connection of its own before the load (so a PostgreSQL that later refuses
 //! connections is still sampled) and must never fail the bench: a sample it cannot read
 //! is skipped, and a peak it never read is reported as `None`.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
+use yoink_loadgen::Progress;
 
 const EVERY: Duration = Duration::from_millis(100);
 
-/// Peaks seen between `start` and `stop`.
-#[derive(Debug, Clone, Copy, Default)]
+/// One sample of the sale's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TimePoint {
+    /// Since the load started.
+    pub secs: f64,
+    /// Units granted so far (202s): the stock left is the sale's stock minus these.
+    pub accepted: u64,
+    /// Units in orders in PostgreSQL.
+    pub orders: i64,
+}
+
+/// Peaks seen between `start` and `stop`, and the timeline.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Peaks {
     pub pg_connections: Option<i64>,
     /// Bytes.
     pub rss: Option<u64>,
+    pub timeline: Vec<TimePoint>,
 }
+
+/// Where a strategy writes its orders: the query counting the units of sale `$1`.
+pub(crate) const BENCH_ORDERS: &str =
+    "SELECT coalesce(sum(quantity), 0)::bigint FROM bench_orders WHERE sale_id = $1";
+pub(crate) const YOINK_ORDERS: &str =
+    "SELECT coalesce(sum(quantity), 0)::bigint FROM orders WHERE sale_id = $1";
 
 pub(crate) struct Sampler {
     stop: oneshot::Sender<()>,
@@ -27,7 +50,13 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    pub async fn start(database_url: &str) -> Sampler {
+    /// `orders_sql` counts the units in orders of `sale` (`BENCH_ORDERS`, `YOINK_ORDERS`).
+    pub async fn start(
+        database_url: &str,
+        orders_sql: &'static str,
+        sale: String,
+        progress: Arc<Progress>,
+    ) -> Sampler {
         let client = match tokio_postgres::connect(database_url, NoTls).await {
             Ok((client, connection)) => {
                 tokio::spawn(connection);
@@ -42,7 +71,17 @@ impl Sampler {
         let task = tokio::spawn(async move {
             let mut peaks = Peaks::default();
             let mut tick = tokio::time::interval(EVERY);
+            let started = Instant::now();
             loop {
+                if let Some(client) = &client
+                    && let Ok(row) = client.query_one(orders_sql, &[&sale]).await
+                {
+                    peaks.timeline.push(TimePoint {
+                        secs: started.elapsed().as_secs_f64(),
+                        accepted: progress.accepted.load(Ordering::Relaxed),
+                        orders: row.get(0),
+                    });
+                }
                 if let Some(client) = &client
                     && let Ok(row) = client
                         .query_one("SELECT count(*) FROM pg_stat_activity", &[])
