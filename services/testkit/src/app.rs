@@ -33,6 +33,8 @@ pub struct AppOptions {
     pub durability: Option<yoink_api::durability::Level>,
     /// `--durability-check-secs`.
     pub durability_check_secs: Option<u64>,
+    /// `--durability-timeout-ms`.
+    pub durability_timeout_ms: Option<u64>,
 }
 
 pub struct TestApp {
@@ -82,6 +84,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
     if let Some(secs) = options.durability_check_secs {
         args.durability_check_secs = secs;
+    }
+    if let Some(ms) = options.durability_timeout_ms {
+        args.durability_timeout_ms = ms;
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");

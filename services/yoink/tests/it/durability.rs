@@ -168,8 +168,10 @@ async fn a_redis_that_refuses_config_is_reported_and_local_durability_refuses_it
     );
 }
 
-/// A primary, its replica, and the API on the primary with `--durability replica`.
-async fn with_a_replica() -> (PrivatePostgres, PrivateRedis, PrivateRedis, TestApp) {
+/// A primary, its replica, and the API on the primary with `--durability replica`,
+/// waiting `timeout_ms` (`--durability-timeout-ms`) for the replica's acknowledgement
+/// (and, when that is longer than the 500 ms default, waiting a second longer for Redis).
+async fn with_a_replica(timeout_ms: u64) -> (PrivatePostgres, PrivateRedis, PrivateRedis, TestApp) {
     let pg = PrivatePostgres::start().await;
     let primary = PrivateRedis::start().await;
     let replica = PrivateRedis::start_replica_of(&primary).await;
@@ -177,6 +179,8 @@ async fn with_a_replica() -> (PrivatePostgres, PrivateRedis, PrivateRedis, TestA
         redis_url: Some(primary.url()),
         postgres_server_url: Some(pg.url()),
         durability: Some(Level::Replica),
+        durability_timeout_ms: Some(timeout_ms),
+        redis_timeout_ms: Some((timeout_ms + 1_000).max(500)),
         ..AppOptions::default()
     })
     .await;
@@ -185,7 +189,9 @@ async fn with_a_replica() -> (PrivatePostgres, PrivateRedis, PrivateRedis, TestA
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_durability_keeps_every_202_when_the_primary_dies_and_its_replica_takes_over() {
-    let (_pg, mut primary, replica, app) = with_a_replica().await;
+    // 2 s, not the default 100 ms: this test is about what an acknowledgement keeps, and
+    // the whole suite starves the CPU (a replica too slow to answer is the next test).
+    let (_pg, mut primary, replica, app) = with_a_replica(2_000).await;
     let sale = app.create_sale("durable", 10_000, 0).await;
     let (_, readyz) = app.get("/readyz").await;
     assert_eq!(readyz["durability"]["replicas"], 1, "{readyz}");
@@ -277,7 +283,7 @@ async fn replica_durability_keeps_every_202_when_the_primary_dies_and_its_replic
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_durability_answers_503_not_durable_when_no_replica_acknowledges_and_a_retry_returns_the_reservation()
  {
-    let (_pg, _primary, replica, app) = with_a_replica().await;
+    let (_pg, _primary, replica, app) = with_a_replica(100).await;
     let sale = app.create_sale("durable", 10, 0).await;
     assert_eq!(
         app.buy_with_key("durable", "u1", 1, Some("k1")).await.0,
