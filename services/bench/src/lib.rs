@@ -28,10 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
+use yoink_core::db::with_database;
 use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db};
-use yoink_demo::with_database;
 use yoink_loadgen::{Load, LoadReport, Progress};
 
 pub use report::{Machine, Results, StrategyResult};
@@ -559,18 +559,6 @@ fn say(args: &BenchArgs, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn points_a_url_at_the_bench_database() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/yoink", "yoink_bench"),
-            "postgres://postgres@127.0.0.1:5432/yoink_bench"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1/x?sslmode=disable", "yoink_bench"),
-            "postgres://u@h:1/yoink_bench?sslmode=disable"
-        );
-    }
 
     #[test]
     fn the_defaults_run_all_four_strategies_at_the_case_study_numbers() {

@@ -46,9 +46,11 @@ fn parse(url: &str) -> Result<tokio_postgres::Config, DbError> {
     Ok(config)
 }
 
-/// Creates the URL's database when it does not exist yet (connecting to `postgres`).
-/// Safe to run from several processes at once.
-pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+/// A connection to the `postgres` database of the URL's server (its driver task), and the
+/// name of the URL's own database: where databases are created and dropped.
+async fn admin(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>, String), DbError> {
     let config = parse(url)?;
     let name = config
         .get_dbname()
@@ -57,7 +59,32 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     let mut admin = config.clone();
     admin.dbname("postgres");
     let (client, connection) = admin.connect(NoTls).await.map_err(DbError::Connect)?;
-    let driver = tokio::spawn(connection);
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver, name))
+}
+
+/// `url` pointing at `database` on the same server (its query string kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(slash) => &base[..after_scheme + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Creates the URL's database when it does not exist yet (connecting to `postgres`).
+/// Safe to run from several processes at once.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let (client, driver, name) = admin(url).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -83,15 +110,7 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
 /// Drops the URL's database (its open connections are ended first): for throwaway
 /// databases a tool made for itself (`yoink demo`, `yoink bench`), never the ledger.
 pub async fn drop_database(url: &str) -> Result<(), DbError> {
-    let config = parse(url)?;
-    let name = config
-        .get_dbname()
-        .ok_or(DbError::NoDatabaseName)?
-        .to_owned();
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.map_err(DbError::Connect)?;
-    let driver = tokio::spawn(connection);
+    let (client, driver, name) = admin(url).await?;
     client
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -176,5 +195,27 @@ pub fn is_transient(err: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn points_a_url_at_another_database_keeping_the_rest() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/yoink", "postgres"),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:1/postgres?sslmode=disable", "yoink"),
+            "postgres://u@h:1/yoink?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
     }
 }

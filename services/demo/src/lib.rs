@@ -30,8 +30,9 @@ use yoink_loadgen::{Load, Progress};
 use yoink_localstores::LocalStores;
 use yoink_reconciler::ReconcileArgs;
 
-pub use pipeline::{Pipeline, with_database};
+pub use pipeline::Pipeline;
 pub use report::Report;
+use yoink_core::db::with_database;
 
 /// `yoink demo` settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -385,26 +386,5 @@ fn live_line(progress: &Progress, started: Instant, stock: i64, orders: i64) -> 
 fn say(args: &DemoArgs, line: &str) {
     if !args.quiet {
         println!("{line}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn points_a_url_at_another_database() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/yoink", "postgres"),
-            "postgres://postgres@127.0.0.1:5432/postgres"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1/postgres?sslmode=disable", "yoink"),
-            "postgres://u@h:1/yoink?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:1", "yoink"),
-            "postgres://u@h:1/yoink"
-        );
     }
 }

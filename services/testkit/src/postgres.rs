@@ -14,16 +14,7 @@ use crate::{free_port, postgres_server_url, unique_name};
 const TEMPLATE_LOCK: i64 = 0x5949_4e4b_5450_4c00;
 
 /// `base` with its database replaced by `name`.
-fn with_database(base: &str, name: &str) -> String {
-    match base.rfind('/') {
-        Some(slash) if slash > base.find("://").map_or(0, |i| i + 2) => {
-            let rest = &base[slash + 1..];
-            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
-            format!("{}/{}{}", &base[..slash], name, query)
-        }
-        _ => format!("{base}/{name}"),
-    }
-}
+use yoink_core::db::with_database;
 
 async fn admin_client(server_url: &str) -> tokio_postgres::Client {
     let (client, connection) =
@@ -276,23 +267,5 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_part() {
-        assert_eq!(
-            with_database("postgres://u@h:1/postgres", "x"),
-            "postgres://u@h:1/x"
-        );
-        assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
     }
 }
