@@ -95,6 +95,26 @@ enum Command {
         #[command(flatten)]
         args: yoink_bench::BenchArgs,
     },
+    /// Each sale at a glance: stock, reserved, confirmed, released, stream length, group
+    /// lag, pending entries and the oldest one's age, consumers, dead letters, the outbox
+    /// backlog. Read-only, bounded Redis work per call: safe during a live sale.
+    Status {
+        #[command(flatten)]
+        args: yoink_status::StatusArgs,
+    },
+    /// Dead letters: list, show (with the reservation's fate in PostgreSQL), replay once
+    /// their cause is fixed, purge.
+    Dlq {
+        #[command(flatten)]
+        args: yoink_dlq::DlqArgs,
+    },
+    /// A bounded, seeded fault-injection run: process kills, store restarts, Redis from an
+    /// older snapshot, forced redeliveries; then every reservation is checked. Exit 0
+    /// only if nothing was lost, duplicated or oversold.
+    Nemesis {
+        #[command(flatten)]
+        args: yoink_nemesis::NemesisArgs,
+    },
     /// Manage sales.
     Sale {
         #[command(subcommand)]
@@ -151,7 +171,11 @@ async fn main() {
     });
     // The demo draws its own display: its in-process services log warnings only.
     let default_level = match cli.command {
-        Command::Demo { .. } | Command::Bench { .. } => "warn",
+        Command::Demo { .. }
+        | Command::Bench { .. }
+        | Command::Status { .. }
+        | Command::Dlq { .. }
+        | Command::Nemesis { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -171,6 +195,19 @@ async fn main() {
         std::process::exit(yoink_reconciler::error::exit::USAGE);
     }
     let outcome = match cli.command {
+        // The operators' tools document their own exit codes.
+        Command::Status { args } => exit_with(
+            yoink_status::run(&cli.stores, &args).await,
+            yoink_status::StatusError::exit_code,
+        ),
+        Command::Dlq { args } => exit_with(
+            yoink_dlq::run(&cli.stores, &args).await,
+            yoink_dlq::DlqError::exit_code,
+        ),
+        Command::Nemesis { args } => exit_with(
+            yoink_nemesis::run(&cli.stores, &args).await,
+            yoink_nemesis::NemesisError::exit_code,
+        ),
         Command::Migrate => migrate(&cli.stores).await,
         Command::Serve {
             api,
@@ -204,6 +241,20 @@ async fn main() {
     if let Err(err) = outcome {
         eprintln!("Error: {}", one_line(err.as_ref()));
         std::process::exit(1);
+    }
+}
+
+/// Exits with a tool's own code: its verdict, or its error's code after printing it.
+fn exit_with<E: std::error::Error + 'static>(
+    outcome: Result<i32, E>,
+    code_of: impl Fn(&E) -> i32,
+) -> ! {
+    match outcome {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("Error: {}", one_line(&err));
+            std::process::exit(code_of(&err));
+        }
     }
 }
 
