@@ -29,12 +29,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::Pool;
 use redis::AsyncCommands;
 use yoink_core::db::with_database;
+use yoink_core::keys::PROJECTOR_GROUP;
 use yoink_core::sales::{self, CreateSale};
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, RedisConn, SaleId, StoreArgs, db};
 use yoink_loadgen::{Load, LoadReport, Progress};
+use yoink_reconciler::ReconcileArgs;
 
-pub use report::{Machine, Results, StrategyResult};
+pub use report::{Machine, Reconciled, Results, StrategyResult};
 
 pub use sampler::TimePoint;
 use sampler::{Peaks, Sampler};
@@ -144,6 +146,10 @@ pub enum BenchError {
     Sale(#[from] sales::SaleError),
     #[error("starting a server: {0}")]
     Server(String),
+    #[error("reconcile: {0}")]
+    Reconcile(#[from] yoink_reconciler::error::ReconcileError),
+    #[error("reading reconcile's JSON: {0}")]
+    ReconcileOutput(#[from] serde_json::Error),
     #[error("load generator: {0}")]
     Load(#[from] yoink_loadgen::LoadError),
     #[error("writing the report to {path}: {source}")]
@@ -359,20 +365,29 @@ async fn comparison(
         .await
         .map_err(|e| BenchError::Server(e.to_string()))?;
     let load = load(server.addr, sale.as_str(), &stamp, args);
-    let measured = measured(&load, &stores.database_url, sampler::BENCH_ORDERS).await;
+    let orders_sql = match strategy {
+        Strategy::RedisSync => sampler::YOINK_ORDERS,
+        _ => sampler::BENCH_ORDERS,
+    };
+    let measured = measured(&load, &stores.database_url, orders_sql).await;
     // Stopped before counting: no request is still writing.
     server.stop().await;
     pool.close();
     let (report, peaks) = measured?;
 
-    let orders = bench_orders(admin, &sale).await?;
     let mut notes = Vec::new();
-    let lost = match redis {
+    let (orders, lost, reconciled) = match redis {
         Some((mut redis, keys)) => {
+            let orders = yoink_orders(admin, &sale).await?;
             let remaining: i64 = redis.get(keys.stock(&sale)).await?;
-            (args.stock - remaining - orders).max(0)
+            let reconciled = settle_redis_sync(&mut redis, stores, &keys, &sale).await?;
+            (
+                orders,
+                (args.stock - remaining - orders).max(0),
+                Some(reconciled),
+            )
         }
-        None => 0,
+        None => (bench_orders(admin, &sale).await?, 0, None),
     };
     let refused = backend
         .failures
@@ -387,7 +402,55 @@ async fn comparison(
     if strategy == Strategy::RedisSync {
         notes.push(format!("PostgreSQL pool of {}", args.pg_pool));
     }
-    Ok(result(strategy, args, &report, orders, lost, peaks, notes))
+    let mut result = result(strategy, args, &report, orders, lost, peaks, notes);
+    result.reconciled = reconciled;
+    Ok(result)
+}
+
+/// V3 has no queue: its request path was the only writer, and each order was written
+/// (or refused) before the buyer got an answer. The `reserved` entries the shared script
+/// appended are therefore all delivered, which the consumer group is told (created at
+/// the stream's end) before `yoink reconcile` looks: it then sees nothing in flight,
+/// and every unit Redis took with no order is what it is, lost.
+async fn settle_redis_sync(
+    redis: &mut RedisConn,
+    stores: &StoreArgs,
+    keys: &Keyspace,
+    sale: &SaleId,
+) -> Result<Reconciled, BenchError> {
+    let created: redis::RedisResult<()> = redis
+        .xgroup_create_mkstream(keys.events(sale), PROJECTOR_GROUP, "$")
+        .await;
+    if let Err(err) = created
+        && err.code() != Some("BUSYGROUP")
+    {
+        return Err(err.into());
+    }
+    reconcile(stores, keys, sale).await
+}
+
+/// `yoink reconcile --sale` on the bench's stores, as its verdict and lost units.
+async fn reconcile(
+    stores: &StoreArgs,
+    keys: &Keyspace,
+    sale: &SaleId,
+) -> Result<Reconciled, BenchError> {
+    let mut sale_stores = stores.clone();
+    sale_stores.key_prefix = keys.prefix().to_owned();
+    let args = ReconcileArgs {
+        sale: Some(sale.to_string()),
+        json: true,
+        // A divergence is confirmed once it held still this long; nothing moves here.
+        grace: 1,
+        ..yoink_core::config::clap_defaults()
+    };
+    let mut rendered = Vec::new();
+    yoink_reconciler::run_once(&sale_stores, &args, &mut rendered).await?;
+    let line: serde_json::Value = serde_json::from_slice(&rendered)?;
+    Ok(Reconciled {
+        status: line["status"].as_str().unwrap_or("?").to_owned(),
+        lost_units: line["lost_units"].as_i64().unwrap_or(0),
+    })
 }
 
 /// Yoink: the real API and a projector in this process, as `yoink demo` runs them.
@@ -445,15 +508,9 @@ async fn stream(
             ));
         }
         let lost = (args.stock - remaining - orders).max(0);
-        Ok::<_, BenchError>(result(
-            Strategy::Stream,
-            args,
-            &report,
-            orders,
-            lost,
-            peaks,
-            notes,
-        ))
+        let mut result = result(Strategy::Stream, args, &report, orders, lost, peaks, notes);
+        result.reconciled = Some(reconcile(&stores, &keys, &sale).await?);
+        Ok::<_, BenchError>(result)
     }
     .await;
     pipeline.stop().await;
@@ -547,6 +604,7 @@ fn result(
         peak_rss_bytes: peaks.rss,
         timeline: peaks.timeline,
         notes,
+        reconciled: None,
     }
 }
 

@@ -42,10 +42,33 @@ pub struct StrategyResult {
     pub peak_rss_bytes: Option<u64>,
     /// What else the reader should know (PostgreSQL refusals, an incomplete drain, …).
     pub notes: Vec<String>,
+    /// `yoink reconcile --sale` after the run, for the strategies with Redis
+    /// (`redis-sync`, `stream`); `naive` and `db-atomic` have nothing to compare.
+    #[serde(default)]
+    pub reconciled: Option<Reconciled>,
     /// Units granted and units in orders, every 100 ms from the start of the load (for
     /// `stream`, with one last point when the drain ended).
     #[serde(default)]
     pub timeline: Vec<crate::sampler::TimePoint>,
+}
+
+/// What the reconciler said of a strategy's sale once the run was over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciled {
+    /// `consistent`, `diverged`, `oversold`, … (`yoink reconcile`'s statuses).
+    pub status: String,
+    /// Units Redis took that PostgreSQL has no order or release for.
+    pub lost_units: i64,
+}
+
+impl Reconciled {
+    fn cell(reconciled: Option<&Self>) -> String {
+        match reconciled {
+            None => "n/a".to_owned(),
+            Some(r) if r.lost_units > 0 => format!("{} ({} lost)", r.status, r.lost_units),
+            Some(r) => r.status.clone(),
+        }
+    }
 }
 
 /// Oversold units: orders beyond the stock.
@@ -93,13 +116,13 @@ impl Results {
     /// The markdown table, one row per strategy.
     pub fn table(&self) -> String {
         let mut out = String::from(
-            "| strategy | req/s | p50 ms | p95 ms | p99 ms | 2xx | 4xx | 5xx | other | orders | oversold | lost | peak PG conns | peak RSS MiB |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| strategy | req/s | p50 ms | p95 ms | p99 ms | 2xx | 4xx | 5xx | other | orders | oversold | lost | reconcile | peak PG conns | peak RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n",
         );
         for r in &self.strategies {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.strategy,
                 r.requests_per_second,
                 r.p50_ms,
@@ -112,6 +135,7 @@ impl Results {
                 r.orders,
                 r.oversold,
                 r.lost,
+                Reconciled::cell(r.reconciled.as_ref()),
                 r.peak_pg_connections
                     .map_or_else(|| "?".to_owned(), |n| n.to_string()),
                 r.peak_rss_bytes.map_or_else(

@@ -6,15 +6,20 @@
 //!   in one transaction: correct, and bounded by PostgreSQL;
 //! - `redis-sync` (V3): the real reserve script in Redis, then a synchronous insert per
 //!   request over a huge pool: when PostgreSQL refuses, the units Redis took are lost.
+//!   Its order goes into Yoink's own ledger (`ledger::confirm`: the order, its fate and
+//!   outbox row), so `yoink reconcile` judges V3 by the same books as Yoink.
 //!
-//! They use only the bench's own tables (`bench_sales`, `bench_orders`) and the bench's
-//! key prefix. They must never be reachable from `serve`, and never be "fixed": they are
-//! here to show what breaks.
+//! `naive` and `db-atomic` use only the bench's own tables (`bench_sales`,
+//! `bench_orders`); all three stay in the bench's own database and key prefix. They must
+//! never be reachable from `serve`, and never be "fixed": they are here to show what
+//! breaks.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
+use yoink_core::events::Reserved;
+use yoink_core::ledger;
 use yoink_core::scripts::{self, Reserve, ReserveError};
 use yoink_core::{Keyspace, Position, RedisConn, ReservationId, SaleId, UserId};
 
@@ -183,8 +188,10 @@ impl Backend {
         }
     }
 
-    /// V3: Redis takes the units (the real script), then a synchronous insert; when
-    /// PostgreSQL refuses, the buyer gets 503 and the units stay taken, with no order.
+    /// V3: Redis takes the units (the real script), then a synchronous insert of the
+    /// order; when PostgreSQL refuses, the buyer gets 503 and the units stay taken, with
+    /// no order. The script also appends its `reserved` entry, which no one reads: V3
+    /// has no queue (see `lib::settle_redis_sync`).
     async fn redis_sync(&self, redis: &RedisConn, keys: &Keyspace, buy: &BuyBody) -> Bought {
         let (Ok(sale), Ok(user)) = (SaleId::parse(&buy.sale_id), UserId::parse(&buy.user_id))
         else {
@@ -199,20 +206,23 @@ impl Backend {
             floor: Position::ZERO,
         };
         let mut conn = redis.clone();
-        match scripts::reserve(&mut conn, keys, &request).await {
-            Ok(_) => {}
+        let taken = match scripts::reserve(&mut conn, keys, &request).await {
+            Ok(taken) => taken,
             Err(ReserveError::SoldOut) => return Bought::SoldOut,
             Err(ReserveError::UnknownSale) => return Bought::UnknownSale,
             Err(_) => return Bought::Unavailable,
-        }
-        let client = match self.pool.get().await {
-            Ok(client) => client,
-            Err(err) => return self.failures.record(&err),
         };
-        match client
-            .execute(INSERT_ORDER, &[&buy.sale_id, &buy.user_id, &buy.quantity])
-            .await
-        {
+        let order = Reserved {
+            reservation_id: taken.reservation_id,
+            sale_id: sale,
+            user_id: user,
+            quantity: buy.quantity,
+            reserved_at_ms: taken.reserved_at_ms,
+            position: Some(taken.position),
+            idempotency_key: None,
+            expires_at_ms: None,
+        };
+        match ledger::confirm(&self.pool, &[(taken.stream_id.as_str(), &order)]).await {
             Ok(_) => Bought::Accepted,
             Err(err) => self.failures.record(&err),
         }

@@ -2,7 +2,7 @@
 //! prefix; the `redis-sync` test on private stores whose PostgreSQL allows only 200
 //! connections, so starving it harms no one else.
 
-use yoink_bench::{BenchArgs, BenchOutcome, Results, Strategy, StrategyResult};
+use yoink_bench::{BenchArgs, BenchOutcome, Reconciled, Results, Strategy, StrategyResult};
 use yoink_core::StoreArgs;
 use yoink_localstores::LocalStores;
 use yoink_testkit::{TestDb, redis_url};
@@ -71,6 +71,19 @@ async fn db_atomic_and_stream_neither_oversell_nor_lose() {
     }
     assert_eq!(outcome.results.strategies[0].strategy, "db-atomic");
     assert_eq!(outcome.results.strategies[1].strategy, "stream");
+    assert_eq!(
+        outcome.results.strategies[0].reconciled, None,
+        "db-atomic has no Redis to compare"
+    );
+    let stream = &outcome.results.strategies[1];
+    assert_eq!(
+        stream.reconciled,
+        Some(Reconciled {
+            status: "consistent".into(),
+            lost_units: 0
+        }),
+        "{stream:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,6 +144,19 @@ async fn redis_sync_with_a_pool_past_max_connections_refuses_and_loses_units() {
     assert!(r.unavailable > 0, "PostgreSQL refused some: {r:#?}");
     assert!(r.lost > 0, "units taken in Redis with no order: {r:#?}");
     assert_eq!(r.oversold, 0, "{r:#?}");
+    assert_eq!(
+        r.reconciled,
+        Some(Reconciled {
+            status: "diverged".into(),
+            lost_units: r.lost
+        }),
+        "the reconciler flags exactly the units the bench counted lost: {r:#?}"
+    );
+    assert_eq!(
+        r.orders,
+        i64::try_from(r.accepted).expect("fits"),
+        "each 202 is one unit in Yoink's ledger: {r:#?}"
+    );
     assert!(r.peak_pg_connections.is_some_and(|n| n >= 150), "{r:#?}");
 }
 
