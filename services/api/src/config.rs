@@ -55,6 +55,13 @@ pub struct ApiArgs {
     #[arg(long, env = "YOINK_DURABILITY_CHECK_SECS", default_value_t = 10)]
     pub durability_check_secs: u64,
 
+    /// Milliseconds a `sold_out` answer from Redis is believed by this instance: buys of
+    /// as many units or more are answered 409 without a script call meanwhile (buys with
+    /// an Idempotency-Key always go to Redis). Units that come back are sold again at
+    /// most this late. 0 turns the fast path off; at most 100.
+    #[arg(long, env = "YOINK_SOLD_OUT_RECHECK_MS", default_value_t = 50)]
+    pub sold_out_recheck_ms: u64,
+
     /// Milliseconds between refreshes of the sales' position floors from PostgreSQL
     /// (and checks that Redis has not gone back behind them).
     #[arg(long, env = "YOINK_FENCE_REFRESH_MS", default_value_t = 1_000)]
@@ -105,6 +112,15 @@ impl ApiArgs {
                 env: "YOINK_MAX_IN_FLIGHT",
                 allowed: format!("at least 1 (and at most {most})"),
                 value: self.max_in_flight.to_string(),
+            });
+        }
+        let most_ms = u64::try_from(crate::sold_out::MAX_WINDOW.as_millis()).unwrap_or(100);
+        if self.sold_out_recheck_ms > most_ms {
+            return Err(ConfigError {
+                flag: "sold-out-recheck-ms",
+                env: "YOINK_SOLD_OUT_RECHECK_MS",
+                allowed: format!("at most {most_ms}"),
+                value: self.sold_out_recheck_ms.to_string(),
             });
         }
         at_least(

@@ -16,10 +16,12 @@ pub mod router;
 pub mod routes;
 pub mod sale_index;
 pub mod server;
+pub mod sold_out;
 pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -53,11 +55,14 @@ pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, Start
         fences: Arc::new(fences::Fences::default()),
         sale_index: Arc::new(sale_index::SaleIndex::default()),
         durability: Arc::new(durability),
+        sold_out: Arc::new(sold_out::SoldOut::new(Duration::from_millis(
+            args.sold_out_recheck_ms,
+        ))),
     })
 }
 
 /// Longest wait for the sales' floors before serving.
-const FIRST_FLOORS: std::time::Duration = std::time::Duration::from_secs(2);
+const FIRST_FLOORS: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -12,6 +12,9 @@ pub const HTTP_REQUESTS: &str = "yoink_http_requests_total";
 pub const HTTP_DURATION: &str = "yoink_http_request_duration_seconds";
 pub const RESERVATIONS: &str = "yoink_reservations_total";
 pub const RESERVE_IN_FLIGHT: &str = "yoink_reserve_in_flight";
+/// Buys answered 409 `sold_out` from this instance's memory of a recent refusal,
+/// without a script call (also counted in `yoink_reservations_total`).
+pub const SOLD_OUT_LOCAL: &str = "yoink_sold_out_answered_locally_total";
 
 /// Methods outside the usual set share one label value, keeping the label closed.
 fn method_label(method: &Method) -> &'static str {

@@ -1,6 +1,6 @@
 //! What every request handler shares: store handles, keys, the bearer tokens, the bound
 //! on reserve calls in flight, the sales' position floors, the sales a reservation id
-//! can belong to and the durability level.
+//! can belong to, the durability level and the recent sold-out answers.
 //! Cheap to clone; holds no per-request state.
 
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use yoink_core::{Keyspace, RedisConn};
 use crate::durability::Durability;
 use crate::fences::Fences;
 use crate::sale_index::SaleIndex;
+use crate::sold_out::SoldOut;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -36,6 +37,8 @@ pub struct AppState {
     /// Which sales a reservation id's tag can name (`GET /reservations/{id}`).
     pub sale_index: Arc<SaleIndex>,
     pub durability: Arc<Durability>,
+    /// Recent `sold_out` answers: the crowd after a sell-out is answered without Redis.
+    pub sold_out: Arc<SoldOut>,
 }
 
 impl AppState {

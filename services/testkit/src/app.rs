@@ -35,6 +35,8 @@ pub struct AppOptions {
     pub durability_check_secs: Option<u64>,
     /// `--durability-timeout-ms`.
     pub durability_timeout_ms: Option<u64>,
+    /// `--sold-out-recheck-ms` (default 50; 0 turns the fast path off).
+    pub sold_out_recheck_ms: Option<u64>,
 }
 
 pub struct TestApp {
@@ -47,6 +49,8 @@ pub struct TestApp {
     pub stores: StoreArgs,
     /// The app's bound on reserve calls in flight (to check permits come back).
     pub reserve_permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The app's memory of recent `sold_out` answers (the fast path).
+    pub sold_out: std::sync::Arc<yoink_api::sold_out::SoldOut>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -88,6 +92,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     if let Some(ms) = options.durability_timeout_ms {
         args.durability_timeout_ms = ms;
     }
+    if let Some(ms) = options.sold_out_recheck_ms {
+        args.sold_out_recheck_ms = ms;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let state = yoink_api::state(&stores, &args).await.expect("app state");
@@ -97,6 +104,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .expect("the durability level holds");
     let redis = state.redis.clone();
     let reserve_permits = state.reserve_permits.clone();
+    let sold_out = state.sold_out.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(yoink_api::run(listener, state, args, async {
         let _ = rx.await;
@@ -113,6 +121,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         redis,
         stores,
         reserve_permits,
+        sold_out,
         shutdown: Some(tx),
         server: Some(server),
     }

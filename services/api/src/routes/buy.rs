@@ -10,7 +10,8 @@
 //! position floor, so a Redis that went back in time suspends the sale (503
 //! `sale_recovering`) instead of selling; and no 202 leaves before the reservation is
 //! as durable as `--durability` asks (else 503 `not_durable`, the reservation standing).
-//! In a sale with holds the 202 is a hold: its body carries the deadline
+//! After a sell-out, a recent `sold_out` from Redis answers the crowd without a script
+//! call (`sold_out.rs`: believed for at most 100 ms). In a sale with holds the 202 is a hold: its body carries the deadline
 //! (`expires_at`) by which the checkout side must confirm it.
 
 use hyper::body::Incoming;
@@ -22,7 +23,7 @@ use yoink_core::{ReservationId, SaleId, UserId};
 use crate::body::{parse_json, read_json_body};
 use crate::error::ApiError;
 use crate::log_limiter::{LogLimiter, REFUSAL_LOG_INTERVAL};
-use crate::metrics::{record_reservation, set_in_flight};
+use crate::metrics::{SOLD_OUT_LOCAL, record_reservation, set_in_flight};
 use crate::response::{ExpiresAt, Response, json_response};
 use crate::state::AppState;
 
@@ -131,6 +132,11 @@ async fn reserve(
     buy: &BuyRequest,
     idempotency_key: Option<&str>,
 ) -> Result<scripts::Reservation, ApiError> {
+    // A buy with an Idempotency-Key may be the retry of a 202: only Redis knows.
+    if idempotency_key.is_none() && state.sold_out.refuses(&buy.sale_id, buy.quantity) {
+        metrics::counter!(SOLD_OUT_LOCAL).increment(1);
+        return Err(ApiError::SoldOut);
+    }
     if !state.durability.satisfied() {
         return Err(ApiError::NotDurable(None));
     }
@@ -150,6 +156,7 @@ async fn reserve(
     let (result, first_reply_lost) = reserve_retrying_lost_replies(state, &request).await;
     match &result {
         Ok(reservation) => {
+            state.sold_out.took(&buy.sale_id);
             if state.fences.saw(&buy.sale_id, reservation.position) {
                 state.sale_index.learn([&buy.sale_id]);
             }
@@ -160,6 +167,7 @@ async fn reserve(
             yoink_core::telemetry::rollback_detected(&buy.sale_id, "api");
             tracing::error!(sale_id = %buy.sale_id, floor = %request.floor, "Redis went back in time: sale suspended until it is rebuilt from PostgreSQL.");
         }
+        Err(ReserveError::SoldOut) => state.sold_out.refused(&buy.sale_id, buy.quantity),
         Err(_) => {}
     }
     // The permit is held through the durability wait: it bounds buys in progress.

@@ -8,3 +8,4 @@ mod outage;
 mod reservations;
 mod sales;
 mod server;
+mod sold_out;
