@@ -76,6 +76,12 @@ impl Keyspace {
         self.sale_key(sale, "dead")
     }
 
+    /// Hash: a dead letter's `original_id` -> how many times `yoink dlq replay` tried
+    /// it, so its loop guard survives restarts. In the sale's slot, beside `dead`.
+    pub fn dead_letter_replays(&self, sale: &SaleId) -> String {
+        self.sale_key(sale, "dead:replays")
+    }
+
     /// Where a rebuild stages a replacement for one of the sale's hashes (`buyers`,
     /// `idempotency`, `reservations`) before swapping it in atomically; it keeps the
     /// key's hash tag, so the swap runs in one slot.
