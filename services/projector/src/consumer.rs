@@ -23,7 +23,7 @@ use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs, telemetry};
 use yoink_core::{ledger, rebuild, stream};
 
 use crate::ProjectorArgs;
-use crate::dead_letter::dead_letter;
+use crate::dead_letter::{GaveUp, dead_letter};
 use crate::entry::Entry;
 use crate::error::ProjectError;
 use crate::expiry::ExpirySweep;
@@ -439,7 +439,10 @@ impl SaleProjector {
             &self.keys,
             &self.pool,
             &self.sale,
-            &self.consumer,
+            GaveUp {
+                consumer: &self.consumer,
+                deliveries,
+            },
             entry,
             &reason,
         )

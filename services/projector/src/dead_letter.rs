@@ -21,18 +21,26 @@ use crate::error::ProjectError;
 use crate::metrics;
 use yoink_core::ledger::{self, Fate};
 
+/// Who gave up on an entry, after how many deliveries: both go on the dead-letter copy
+/// (`consumer`, `deliveries`), for `yoink dlq show`.
+#[derive(Debug, Clone, Copy)]
+pub struct GaveUp<'a> {
+    pub consumer: &'a str,
+    pub deliveries: u64,
+}
+
 /// Dead-letters `entry` of `sale`'s stream for `reason`.
 pub async fn dead_letter(
     redis: &mut RedisConn,
     keys: &Keyspace,
     pool: &deadpool_postgres::Pool,
     sale: &SaleId,
-    consumer: &str,
+    by: GaveUp<'_>,
     entry: &Entry,
     reason: &str,
 ) -> Result<(), ProjectError> {
     let stream = keys.events(sale);
-    copy(redis, keys, sale, consumer, entry, reason).await?;
+    copy(redis, keys, sale, by, entry, reason).await?;
 
     if let Ok(SaleEvent::Reserved(reserved)) = &entry.event {
         match ledger::release(pool, &entry.id, reserved, reason).await? {
@@ -45,7 +53,7 @@ pub async fn dead_letter(
                             "{reason}; the reservation's record in Redis is unreadable, \
                              so nothing was given back (the units stay taken until a repair)"
                         );
-                        copy(redis, keys, sale, consumer, entry, &why).await?;
+                        copy(redis, keys, sale, by, entry, &why).await?;
                         metrics::unreleasable(sale);
                         tracing::error!(
                             sale_id = %sale,
@@ -86,19 +94,20 @@ pub async fn dead_letter(
 }
 
 /// Appends a copy of `entry` to the sale's dead-letter stream: `dead_reason`,
-/// `original_id`, `consumer`, then the original fields byte for byte.
+/// `original_id`, `consumer`, `deliveries`, then the original fields byte for byte.
 async fn copy(
     redis: &mut RedisConn,
     keys: &Keyspace,
     sale: &SaleId,
-    consumer: &str,
+    by: GaveUp<'_>,
     entry: &Entry,
     reason: &str,
 ) -> Result<(), ProjectError> {
     let mut fields: Vec<(&str, Vec<u8>)> = vec![
         ("dead_reason", reason.as_bytes().to_vec()),
         ("original_id", entry.id.as_bytes().to_vec()),
-        ("consumer", consumer.as_bytes().to_vec()),
+        ("consumer", by.consumer.as_bytes().to_vec()),
+        ("deliveries", by.deliveries.to_string().into_bytes()),
     ];
     fields.extend(entry.raw_fields());
     let _: Option<String> = redis.xadd(keys.dead_letters(sale), "*", &fields).await?;

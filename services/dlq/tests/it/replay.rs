@@ -81,7 +81,10 @@ async fn copies_of_one_entry_are_one_dead_letter_replayed_and_removed_together()
         f.app.keys(),
         &f.app.db.pool(),
         &f.sale,
-        "repeat",
+        yoink_projector::dead_letter::GaveUp {
+            consumer: "repeat",
+            deliveries: 1,
+        },
         &entry,
         &format!("malformed event: {reason}"),
     )

@@ -48,6 +48,11 @@ async fn list_show_replay_and_purge_a_garbage_entry_and_a_reservation_postgres_r
         Some("refused")
     );
     assert!(shown.parse_error.is_none());
+    assert_eq!(
+        shown.letter.deliveries,
+        Some(2),
+        "the projector gave up at --max-deliveries and wrote it on the copy"
+    );
     assert!(
         matches!(&shown.fate, Some(Fate::Released { reason }) if reason.contains("23514")),
         "{:?}",

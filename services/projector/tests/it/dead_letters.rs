@@ -8,8 +8,9 @@ use redis::AsyncCommands;
 use yoink_core::events::SaleEvent;
 use yoink_core::scripts::{self, ReleaseOutcome, SaleTerms};
 use yoink_core::{ReservationId, SaleId, UserId};
+use yoink_projector::ProjectorArgs;
+use yoink_projector::dead_letter::{GaveUp, dead_letter};
 use yoink_projector::entry::Entry;
-use yoink_projector::{ProjectorArgs, dead_letter::dead_letter};
 use yoink_testkit::{TestApp, spawn_app};
 
 fn fast_args(consumer: &str) -> ProjectorArgs {
@@ -229,7 +230,10 @@ async fn concurrent_dead_letters_of_one_entry_release_its_units_once() {
                 &keys,
                 &pool,
                 &sale,
-                &format!("c{i}"),
+                GaveUp {
+                    consumer: &format!("c{i}"),
+                    deliveries: 1,
+                },
                 &entry,
                 "test race",
             )
