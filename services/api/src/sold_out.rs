@@ -5,11 +5,14 @@
 //! What a refusal proves: "fewer than `q` units were left" at that moment, so any buy of
 //! `q` or more units would be refused too, as long as stock did not come back. Stock
 //! comes back (a release, an expiry, a cancel) without this instance hearing of it, so a
-//! refusal is believed for `window` only (at most 100 ms, `--sold-out-recheck-ms`):
-//! after that the next buy asks Redis again, and its answer is the new knowledge. A 202
+//! refusal is believed for `window` only (`--sold-out-recheck-ms`, default 50 ms): after
+//! that ONE buy asks Redis again (the probe), and its answer is the new knowledge, while
+//! the others are still answered from memory; past `MAX_WINDOW` (100 ms), if no answer
+//! came, every buy asks Redis. Without the single probe, the crowd in flight when the
+//! window ends (hundreds of buys at 1,000 connections) would all run the script. A 202
 //! forgets the sale at once.
 //!
-//! Must never: answer for longer than `window` after the refusal it rests on; answer a
+//! Must never: answer for longer than `MAX_WINDOW` after the refusal it rests on; answer a
 //! buy with an `Idempotency-Key` (it may be the retry of a 202, which Redis replays);
 //! refuse a quantity smaller than the one Redis refused.
 
@@ -35,6 +38,18 @@ struct Refusal {
     at: Instant,
     /// Redis refused this many units: fewer were left.
     quantity: i64,
+    /// A buy past the window went to Redis to refresh this refusal.
+    probing: bool,
+}
+
+/// What the memory says of one buy.
+enum Verdict {
+    /// Refused from memory.
+    Refused,
+    /// Ask Redis.
+    Ask,
+    /// Ask Redis, as the one probe of a refusal past its window.
+    Probe,
 }
 
 impl SoldOut {
@@ -52,12 +67,41 @@ impl SoldOut {
         if self.window.is_zero() {
             return false;
         }
-        let Ok(refusals) = self.refusals.read() else {
-            return false;
+        let verdict = match self.refusals.read() {
+            Ok(refusals) => self.verdict(refusals.get(sale), quantity),
+            Err(_) => return false,
         };
-        refusals
-            .get(sale)
-            .is_some_and(|r| r.at.elapsed() < self.window && quantity >= r.quantity)
+        match verdict {
+            Verdict::Refused => true,
+            Verdict::Ask => false,
+            // Claim the probe; whoever lost the race is answered from memory.
+            Verdict::Probe => match self.refusals.write() {
+                Ok(mut refusals) => match refusals.get_mut(sale) {
+                    Some(r) if matches!(self.verdict(Some(r), quantity), Verdict::Probe) => {
+                        r.probing = true;
+                        false
+                    }
+                    r => matches!(self.verdict(r.as_deref(), quantity), Verdict::Refused),
+                },
+                Err(_) => false,
+            },
+        }
+    }
+
+    fn verdict(&self, refusal: Option<&Refusal>, quantity: i64) -> Verdict {
+        let Some(r) = refusal.filter(|r| quantity >= r.quantity) else {
+            return Verdict::Ask;
+        };
+        let age = r.at.elapsed();
+        if age < self.window {
+            Verdict::Refused
+        } else if age >= MAX_WINDOW {
+            Verdict::Ask
+        } else if r.probing {
+            Verdict::Refused
+        } else {
+            Verdict::Probe
+        }
     }
 
     /// Redis answered `SOLD_OUT` to a buy of `quantity` units.
@@ -69,13 +113,18 @@ impl SoldOut {
             return;
         };
         let now = Instant::now();
-        let fresh = Refusal { at: now, quantity };
+        let fresh = Refusal {
+            at: now,
+            quantity,
+            probing: false,
+        };
         refusals
             .entry(sale.clone())
             .and_modify(|old| {
                 // An older refusal of fewer units says more, while it is still fresh.
-                let stronger_and_fresh =
-                    old.quantity < quantity && now.duration_since(old.at) < self.window;
+                let stronger_and_fresh = old.quantity < quantity
+                    && now.duration_since(old.at) < self.window
+                    && !old.probing;
                 if !stronger_and_fresh {
                     *old = fresh;
                 }
@@ -85,7 +134,7 @@ impl SoldOut {
         // small as the set of sales selling out right now.
         if refusals.len() > 64 {
             let window = self.window;
-            refusals.retain(|_, r| now.duration_since(r.at) < window);
+            refusals.retain(|_, r| now.duration_since(r.at) < window.max(MAX_WINDOW));
         }
     }
 
@@ -128,6 +177,28 @@ mod tests {
         memory.refused(&sale(), 1);
         assert!(memory.refuses(&sale(), 1));
         std::thread::sleep(Duration::from_millis(40));
+        assert!(!memory.refuses(&sale(), 1));
+    }
+
+    #[test]
+    fn past_the_window_one_buy_probes_redis_and_the_rest_are_answered_until_100_ms() {
+        let memory = SoldOut::new(Duration::from_millis(20));
+        memory.refused(&sale(), 1);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !memory.refuses(&sale(), 1),
+            "the first buy past the window asks"
+        );
+        assert!(memory.refuses(&sale(), 1), "the others wait for its answer");
+        memory.refused(&sale(), 1);
+        assert!(memory.refuses(&sale(), 1), "the probe's refusal is fresh");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!memory.refuses(&sale(), 1), "a new probe");
+        std::thread::sleep(MAX_WINDOW);
+        assert!(
+            !memory.refuses(&sale(), 1),
+            "no answer in 100 ms: everyone asks"
+        );
         assert!(!memory.refuses(&sale(), 1));
     }
 
