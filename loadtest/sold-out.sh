@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# sold-out.sh: what the sold-out fast path buys, measured in one run.
+#
+# Three loads through POST /buy, each a fresh user per request (loadtest/buy.lua), the
+# same wrk settings, RUNS rounds, medians printed:
+#   open    a sale with 10^12 units: every buy runs the reserve script and gets 202;
+#   before  a sold-out sale on a `yoink serve --sold-out-recheck-ms 0`: every buy still
+#           runs the script to hear 409 (the behaviour before the fast path);
+#   after   the same sold-out sale on a `yoink serve` with the default window: buys are
+#           answered 409 from the instance's memory of Redis's last sold_out (at most one
+#           script call per window).
+# Then the ratios after/open (the issue's target: >= 2) and after/before.
+#
+# It never touches the shared Redis on 6379: its own redis-server on a free port. Its
+# PostgreSQL database yoink_soldout_<pid> lives on PGHOST:PGPORT and is dropped at exit.
+#
+# Usage:  loadtest/sold-out.sh
+#         SKIP_BUILD=1 RUNS=1 DURATION=5s loadtest/sold-out.sh
+#
+# Environment (defaults in brackets):
+#   RUNS          rounds of the three loads                     [3]
+#   DURATION      each measured wrk run                         [10s]
+#   WARMUP        wrk warm-up before each round's loads         [2s]
+#   CONNECTIONS   wrk connections                               [1000]
+#   YOINK_BIN / SKIP_BUILD   as in reserve-ceiling.sh (lib.sh)
+#   PGHOST PGPORT PGUSER     [127.0.0.1 5432 postgres]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib.sh
+source "$ROOT/loadtest/lib.sh"
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-1000}
+PGHOST=${PGHOST:-127.0.0.1}
+PGPORT=${PGPORT:-5432}
+PGUSER=${PGUSER:-postgres}
+export PGHOST PGPORT PGUSER
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'sold-out: %s\n' "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
+need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-soldout.XXXXXX")
+PIDS=()
+DB_NAME="yoink_soldout_$$"
+DB_CREATED=0
+
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  if [[ $DB_CREATED == 1 ]]; then
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
+      || echo "sold-out: could not drop database $DB_NAME, drop it by hand" >&2
+  fi
+  if [[ $rc != 0 ]]; then
+    for f in "$TMP"/*.log; do
+      [[ -s $f ]] || continue
+      echo "---- last lines of $f" >&2
+      tail -n 20 "$f" >&2
+    done
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+resolve_yoink
+
+REDIS_PORT=$(free_port)
+log "starting private redis-server on 127.0.0.1:$REDIS_PORT"
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+  --daemonize no --dir "$TMP" --logfile "$TMP/redis.log" &
+PIDS+=($!)
+RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+for _ in $(seq 50); do
+  [[ $("${RCLI[@]}" PING 2>/dev/null) == PONG ]] && break
+  sleep 0.1
+done
+[[ $("${RCLI[@]}" PING 2>/dev/null) == PONG ]] || die "redis-server did not answer"
+
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
+export YOINK_KEY_PREFIX="soldout:"
+export RUST_LOG=${RUST_LOG:-warn}
+DB_CREATED=1
+"$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed"
+"$YOINK" sale create --id open --stock 1000000000000 >"$TMP/sale.log" 2>&1 || die "sale open"
+"$YOINK" sale create --id gone --stock 1 >>"$TMP/sale.log" 2>&1 || die "sale gone"
+
+# serve_on PORT LOG [flags...]: starts `yoink serve` and waits until it is ready.
+serve_on() {
+  local port=$1 logfile=$2
+  shift 2
+  "$YOINK" serve --listen "127.0.0.1:$port" --metrics-listen off "$@" >"$logfile" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 300); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == 200 ]] && return 0
+    sleep 0.2
+  done
+  die "yoink serve on $port not ready after 60 s"
+}
+PORT_BEFORE=$(free_port)
+PORT_AFTER=$(free_port)
+log "yoink serve --sold-out-recheck-ms 0 on $PORT_BEFORE, default window on $PORT_AFTER"
+serve_on "$PORT_BEFORE" "$TMP/serve-before.log" --sold-out-recheck-ms 0
+serve_on "$PORT_AFTER" "$TMP/serve-after.log"
+
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$PORT_AFTER/buy" \
+  -H 'Content-Type: application/json' -d '{"sale_id":"gone","user_id":"the-one","quantity":1}')
+[[ $code == 202 ]] || die "the only unit of sale gone: $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$PORT_BEFORE/buy" \
+  -H 'Content-Type: application/json' -d '{"sale_id":"gone","user_id":"late","quantity":1}')
+[[ $code == 409 ]] || die "sale gone should be sold out: $code"
+
+WRK=(wrk -t1 -c"$CONNECTIONS" --timeout 5s --latency -s "$ROOT/loadtest/buy.lua")
+# measure NAME SALE PORT: one wrk run; appends "rps p99" to $TMP/NAME.txt.
+measure() {
+  local name=$1 sale=$2 port=$3 out
+  out=$(SALE_ID=$sale "${WRK[@]}" -d"$DURATION" "http://127.0.0.1:$port" 2>&1) || die "wrk $name: $out"
+  local line
+  line=$(grep '^YOINK_WRK ' <<<"$out" | tail -n1)
+  [[ -n $line ]] || die "wrk $name printed no YOINK_WRK line"
+  local rps p99
+  rps=$(sed -n 's/.* rps=\([^ ]*\).*/\1/p' <<<"$line")
+  p99=$(sed -n 's/.* p99_ms=\([^ ]*\).*/\1/p' <<<"$line")
+  echo "$rps $p99" >>"$TMP/$name.txt"
+  printf '  %-7s %10s req/s  p99 %8s ms\n' "$name" "$rps" "$p99"
+}
+
+calls() { "${RCLI[@]}" INFO commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p'; }
+for round in $(seq "$RUNS"); do
+  echo "round $round of $RUNS (wrk -t1 -c$CONNECTIONS -d$DURATION, fresh user per request)"
+  SALE_ID=open "${WRK[@]}" -d"$WARMUP" "http://127.0.0.1:$PORT_AFTER" >/dev/null 2>&1 || true
+  measure open open "$PORT_AFTER"
+  c0=$(calls)
+  measure before gone "$PORT_BEFORE"
+  c1=$(calls)
+  measure after gone "$PORT_AFTER"
+  c2=$(calls)
+  echo "  script calls: before $((c1 - c0)), after $((c2 - c1))"
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
+OPEN=$(col open 1) BEFORE=$(col before 1) AFTER=$(col after 1)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "==================== sold-out fast path (medians of $RUNS) ===================="
+printf '%-40s %10s req/s  p99 %s ms\n' "open sale (202, script per buy)" "$OPEN" "$(col open 2)"
+printf '%-40s %10s req/s  p99 %s ms\n' "sold out, before (script per buy)" "$BEFORE" "$(col before 2)"
+printf '%-40s %10s req/s  p99 %s ms\n' "sold out, after (fast path)" "$AFTER" "$(col after 2)"
+printf '%-40s %s\n' "after / open (target >= 2)" "$(ratio "$AFTER" "$OPEN")"
+printf '%-40s %s\n' "after / before" "$(ratio "$AFTER" "$BEFORE")"
+printf '%-40s %s\n' "before / open" "$(ratio "$BEFORE" "$OPEN")"
+printf '%-40s %s\n' "machine" "nproc=$(nproc)  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+printf '%-40s %s\n' "load average" "$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "==============================================================================="
