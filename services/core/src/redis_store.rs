@@ -164,6 +164,34 @@ pub fn is_unavailable(err: &redis::RedisError) -> bool {
         || err.is_unrecoverable_error()
         || matches!(
             err.kind(),
-            redis::ErrorKind::Io | redis::ErrorKind::ClusterConnectionNotFound
+            redis::ErrorKind::Io
+                | redis::ErrorKind::ClusterConnectionNotFound
+                // A restarted Redis answers LOADING until its data is back in memory.
+                | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply as Redis sends it, turned into the error a command would return.
+    fn server_error(reply: &[u8]) -> redis::RedisError {
+        match redis::parse_redis_value(reply).and_then(redis::Value::extract_error) {
+            Err(err) => err,
+            Ok(value) => panic!("{value:?} is not an error"),
+        }
+    }
+
+    #[test]
+    fn a_redis_still_loading_its_data_is_unavailable_not_a_fault() {
+        let loading = server_error(b"-LOADING Redis is loading the dataset in memory\r\n");
+        assert!(is_unavailable(&loading), "{loading:?}");
+    }
+
+    #[test]
+    fn a_script_refusal_is_not_unavailability() {
+        let refusal = server_error(b"-SOLD_OUT no stock left\r\n");
+        assert!(!is_unavailable(&refusal), "{refusal:?}");
+    }
 }
