@@ -8,12 +8,17 @@
 //! child (another server may grab a port between the probe and the start).
 //! `yoink demo` is user-facing, so every failure is a `LocalError`, never a panic, and
 //! dropping never panics either.
+//!
+//! `yoink nemesis` also injects faults into them: started with
+//! [`LocalStores::start_with`] and a persistent Redis, it kills and restarts Redis,
+//! puts Redis back to an older snapshot, and stops and starts PostgreSQL, always on the
+//! same ports and data.
 
 mod postgres_server;
 mod redis_server;
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -36,12 +41,18 @@ impl LocalStores {
     /// `postgres` user when invoked as root, trust auth, fsync off, listening on 127.0.0.1 only, on free
     /// ports), and waits until both accept connections (bounded: ~30 s, then an error).
     pub async fn start() -> Result<LocalStores, LocalError> {
+        Self::start_with(LocalOptions::default()).await
+    }
+
+    /// `start`, with options: a persistent Redis (an AOF, `appendfsync everysec`, so
+    /// killing the server alone loses nothing) that can be snapshotted and restored.
+    pub async fn start_with(options: LocalOptions) -> Result<LocalStores, LocalError> {
         let deadline = Instant::now() + READY_WITHIN;
         // `join`, not `try_join`: neither start is abandoned halfway (a PostgreSQL
         // launched by a cancelled `pg_ctl` could outlive its cleanup). A failed start has
         // cleaned up after itself; a good one is dropped, and so stopped, here.
         let (redis, postgres) = tokio::join!(
-            RedisServer::start(deadline),
+            RedisServer::start(deadline, options.persistent_redis),
             PostgresServer::start(deadline)
         );
         let stores = match (redis, postgres) {
@@ -74,6 +85,57 @@ impl LocalStores {
         self.postgres.url()
     }
 
+    /// Whether the Redis server was started and not killed since (it may still have
+    /// exited by itself).
+    pub fn redis_running(&self) -> bool {
+        self.redis.started()
+    }
+
+    /// Whether PostgreSQL was started and not stopped since.
+    pub fn postgres_running(&self) -> bool {
+        self.postgres.started()
+    }
+
+    /// SIGKILLs the Redis server (its data dir stays). Idempotent.
+    pub fn kill_redis(&mut self) {
+        self.redis.kill();
+    }
+
+    /// Starts Redis again on the same port and data (killing it first if it runs),
+    /// and waits (about 30 s at most) until it answers. A persistent Redis comes back
+    /// with everything it acknowledged; another one comes back empty.
+    pub async fn restart_redis(&mut self) -> Result<(), LocalError> {
+        self.redis.start_again(Instant::now() + READY_WITHIN).await
+    }
+
+    /// Takes a snapshot of Redis now (`SAVE`) and keeps a copy; returns the copy, for
+    /// [`LocalStores::restore_redis`].
+    pub async fn snapshot_redis(&mut self) -> Result<PathBuf, LocalError> {
+        self.redis.snapshot().await
+    }
+
+    /// Kills Redis and starts it again from `snapshot` (an older state: everything
+    /// written since is gone), then, for a persistent Redis, waits until its AOF is
+    /// rewritten from that state (about 30 s at most).
+    pub async fn restore_redis(&mut self, snapshot: &Path) -> Result<(), LocalError> {
+        self.redis
+            .restore(snapshot, Instant::now() + READY_WITHIN)
+            .await
+    }
+
+    /// Stops PostgreSQL at once (`pg_ctl -m immediate`; its data stays). Blocking; idempotent.
+    pub fn stop_postgres(&mut self) {
+        self.postgres.halt();
+    }
+
+    /// Starts PostgreSQL again on the same port and data, and waits (about 30 s at most)
+    /// until it answers `SELECT 1`.
+    pub async fn start_postgres(&mut self) -> Result<(), LocalError> {
+        self.postgres
+            .start_again(Instant::now() + READY_WITHIN)
+            .await
+    }
+
     /// Stops both servers and removes their temp dirs; also what Drop does (Drop must never panic).
     pub fn stop(self) {
         // The servers stop themselves when dropped: `stop` only makes the moment explicit.
@@ -89,6 +151,14 @@ impl LocalStores {
             .chain(self.postgres.dir())
             .collect()
     }
+}
+
+/// How [`LocalStores::start_with`] sets the servers up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalOptions {
+    /// Redis keeps an AOF and can be killed, restarted, snapshotted and restored
+    /// without losing what it acknowledged (default: it persists nothing).
+    pub persistent_redis: bool,
 }
 
 /// Why the local stores could not start.

@@ -1,6 +1,8 @@
 //! A private PostgreSQL: `initdb` into a temp dir, `pg_ctl` start on a free loopback
 //! port (trust auth, fsync off), `pg_ctl -m immediate` stop. Run as the `postgres`
-//! user when we are root, since PostgreSQL refuses to run as root.
+//! user when we are root, since PostgreSQL refuses to run as root. It can also be
+//! stopped and started again on the same data (`halt`, `start_again`), for
+//! `yoink nemesis`.
 //!
 //! It must never touch a PostgreSQL it did not start: every `pg_ctl` call names the
 //! data directory it made, and `pg_ctl -w start` only succeeds once the postmaster on
@@ -223,9 +225,13 @@ impl PostgresServer {
         }
     }
 
-    /// Stops the server at once (it holds nothing worth a clean shutdown) and removes
-    /// the temp dir. Blocking, since drop calls it; idempotent.
-    fn stop(&mut self) {
+    pub(crate) fn started(&self) -> bool {
+        self.launched
+    }
+
+    /// Stops the server at once (`-m immediate`: a crash, as far as its clients and its
+    /// recovery are concerned), keeping its data. Blocking; idempotent.
+    pub(crate) fn halt(&mut self) {
         if let (true, Some(path)) = (std::mem::take(&mut self.launched), self.dir()) {
             let stopped = self
                 .command("pg_ctl", &path)
@@ -246,6 +252,20 @@ impl PostgresServer {
                 }
             }
         }
+    }
+
+    /// Starts a halted server again on the same port and data, and waits (until
+    /// `deadline`) for `SELECT 1`. A running one is halted first.
+    pub(crate) async fn start_again(&mut self, deadline: Instant) -> Result<(), LocalError> {
+        self.halt();
+        self.pg_ctl_start(deadline).await?;
+        self.wait_ready(deadline).await
+    }
+
+    /// Stops the server at once (it holds nothing worth a clean shutdown) and removes
+    /// the temp dir. Blocking, since drop calls it; idempotent.
+    fn stop(&mut self) {
+        self.halt();
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_owned();
             if let Err(err) = dir.close() {

@@ -4,6 +4,7 @@
 mod cluster;
 mod durability;
 mod holds;
+mod nemesis;
 mod one_host;
 mod processes;
 mod reconcile;
