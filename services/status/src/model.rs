@@ -187,7 +187,13 @@ impl SaleStatus {
             .and_then(|id| age_of(id, now));
         match &r.group {
             Some(g) => {
-                self.lag = g.lag;
+                // Nothing after the group's last-delivered id means nothing waits,
+                // whatever XINFO's `lag` says: after Redis came back from an older
+                // state it was seen reporting 107 for a fully delivered stream.
+                self.lag = match r.first_undelivered_id {
+                    None => Some(0),
+                    Some(_) => g.lag,
+                };
                 self.last_delivered_id = Some(g.last_delivered_id.clone());
                 self.pending = Some(g.pending);
                 if let Some(p) = &g.oldest_pending {
@@ -302,5 +308,23 @@ mod tests {
             (s.group_exists, s.lag, s.pending),
             (Some(false), Some(3), Some(0))
         );
+    }
+
+    #[test]
+    fn a_fully_delivered_stream_has_no_lag_whatever_xinfo_says() {
+        let reading = RedisReading {
+            stream_exists: true,
+            stream_length: 107,
+            group: Some(GroupReading {
+                last_delivered_id: "9000-0".into(),
+                // What XINFO GROUPS answered after Redis came back from an older state.
+                lag: Some(107),
+                ..GroupReading::default()
+            }),
+            first_undelivered_id: None,
+            ..RedisReading::default()
+        };
+        let s = SaleStatus::build(sale(), Some(&reading), None, Vec::new(), 0);
+        assert_eq!(s.lag, Some(0));
     }
 }
