@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# vs-node.sh: POST /buy of Yoink against the case study's Node.js peer
+# (../shared/peers/yoink-node, strategy v4: Lua + BullMQ, 202), the same wrk load on the
+# same machine, RUNS alternating rounds, medians and the ratio.
+#
+# The load is the peer's own `wrk-happy.sh` shape: wrk -t2 -cCONNECTIONS -dDURATION, a
+# fresh buyer per request, stock that never runs out. The peer is measured by its own
+# script (copied to a temp dir, `npm ci` once); Yoink by `yoink serve` + `yoink project`
+# on a private Redis and a database of its own, driven by loadtest/buy.lua with the same
+# wrk flags. Each side prints req/s, p50, p99 and the server's RSS after the run.
+#
+# Usage:  loadtest/vs-node.sh
+#         SKIP_BUILD=1 RUNS=1 DURATION=5 loadtest/vs-node.sh
+#
+# Environment (defaults in brackets):
+#   RUNS          alternating rounds (peer, then Yoink)          [3]
+#   DURATION      seconds of each wrk run                        [10]
+#   CONNECTIONS   wrk connections                                [1000]
+#   PEER_DIR      the peer's sources                             [../shared/peers/yoink-node]
+#   YOINK_BIN / SKIP_BUILD   as in reserve-ceiling.sh (lib.sh)
+#   PGHOST PGPORT PGUSER     [127.0.0.1 5432 postgres]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib.sh
+source "$ROOT/loadtest/lib.sh"
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-1000}
+PEER_DIR=${PEER_DIR:-$ROOT/../shared/peers/yoink-node}
+PGHOST=${PGHOST:-127.0.0.1}
+PGPORT=${PGPORT:-5432}
+PGUSER=${PGUSER:-postgres}
+export PGHOST PGPORT PGUSER
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'vs-node: %s\n' "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
+need redis-server; need redis-cli; need wrk; need curl; need psql; need node; need npm; need python3
+[[ -f $PEER_DIR/wrk-happy.sh ]] || die "no peer at $PEER_DIR (set PEER_DIR)"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-vs-node.XXXXXX")
+PIDS=()
+DB_NAME="yoink_vsnode_$$"
+PEER_REDIS_PORT=$(free_port)
+
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  redis-cli -p "$PEER_REDIS_PORT" shutdown nosave >/dev/null 2>&1
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1
+  psql -X -q -d postgres -c "DROP DATABASE IF EXISTS yoink_peer_vs WITH (FORCE)" >/dev/null 2>&1
+  if [[ $rc != 0 ]]; then
+    for f in "$TMP"/*.log; do
+      [[ -s $f ]] || continue
+      echo "---- last lines of $f" >&2
+      tail -n 20 "$f" >&2
+    done
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+resolve_yoink
+
+log "the peer: copying $PEER_DIR and running npm ci"
+cp -r "$PEER_DIR" "$TMP/peer"
+rm -rf "$TMP/peer/node_modules"
+(cd "$TMP/peer" && npm ci --no-audit --no-fund >"$TMP/npm.log" 2>&1) || die "npm ci failed"
+psql -X -q -d postgres -c "CREATE DATABASE yoink_peer_vs" >/dev/null || die "createdb"
+
+log "Yoink: private redis-server, yoink serve + yoink project"
+YOINK_REDIS_PORT=$(free_port)
+redis-server --bind 127.0.0.1 --port "$YOINK_REDIS_PORT" --save '' --appendonly no \
+  --daemonize no --dir "$TMP" --logfile "$TMP/redis.log" &
+PIDS+=($!)
+for _ in $(seq 50); do
+  [[ $(redis-cli -p "$YOINK_REDIS_PORT" PING 2>/dev/null) == PONG ]] && break
+  sleep 0.1
+done
+export REDIS_URL="redis://127.0.0.1:$YOINK_REDIS_PORT"
+export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
+export RUST_LOG=${RUST_LOG:-warn}
+"$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate"
+"$YOINK" sale create --id vs-node --stock 1000000000000 >"$TMP/sale.log" 2>&1 || die "sale"
+API_PORT=$(free_port)
+"$YOINK" serve --listen "127.0.0.1:$API_PORT" --metrics-listen off >"$TMP/serve.log" 2>&1 &
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
+"$YOINK" project --metrics-listen off >"$TMP/project.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 300); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz") == 200 ]] && break
+  sleep 0.2
+done
+ulimit -n 65536 2>/dev/null || true
+
+# field NAME LINE: the value of NAME=... in a line of key=value pairs.
+field() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" <<<" $2"; }
+# ms WRK_VALUE: wrk's "12.34ms" / "1.20s" / "900.00us" in milliseconds.
+ms() { python3 -c 'import sys,re
+v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$", v)
+print("?" if not m else round(float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)], 2))' "$1"; }
+
+for round in $(seq "$RUNS"); do
+  echo "round $round of $RUNS (wrk -t2 -c$CONNECTIONS -d${DURATION}s, a fresh buyer per request)"
+  line=$(cd "$TMP/peer" && DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/yoink_peer_vs" \
+    REDIS_PORT=$PEER_REDIS_PORT ./wrk-happy.sh v4 "$CONNECTIONS" "$DURATION" 2>"$TMP/peer.log" | tail -n1) \
+    || die "the peer's wrk-happy.sh failed"
+  p_rps=$(field rps "$line") p_p99=$(ms "$(field p99 "$line")") p_rss=$(field rss_mb "$line")
+  echo "$p_rps $p_p99 $p_rss" >>"$TMP/peer.txt"
+  printf '  %-6s %10s req/s  p99 %8s ms  RSS %5s MB  (%s)\n' peer "$p_rps" "$p_p99" "$p_rss" "$line"
+
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/loadtest/buy.lua" \
+    "http://127.0.0.1:$API_PORT" >"$TMP/yoink-wrk.txt" 2>&1 || die "wrk against yoink failed"
+  y_line=$(grep '^YOINK_WRK ' "$TMP/yoink-wrk.txt" | tail -n1)
+  y_rps=$(field rps "$y_line") y_p99=$(field p99_ms "$y_line")
+  y_rss=$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVE_PID/status")
+  echo "$y_rps $y_p99 $y_rss" >>"$TMP/yoink.txt"
+  printf '  %-6s %10s req/s  p99 %8s ms  RSS %5s MB  (non-2xx %s)\n' yoink "$y_rps" "$y_p99" "$y_rss" "$(field non_2xx "$y_line")"
+done
+
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "==================== Yoink vs the Node peer (v4), medians of $RUNS ===================="
+printf '%-10s %10s req/s  p99 %8s ms  RSS %5s MB\n' "node v4" "$(col peer 1)" "$(col peer 2)" "$(col peer 3)"
+printf '%-10s %10s req/s  p99 %8s ms  RSS %5s MB\n' "yoink" "$(col yoink 1)" "$(col yoink 2)" "$(col yoink 3)"
+printf '%-30s %s\n' "req/s yoink / node (goal >= 10)" "$(ratio "$(col yoink 1)" "$(col peer 1)")"
+printf '%-30s %s\n' "machine" "nproc=$(nproc)  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+printf '%-30s %s\n' "load average" "$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "========================================================================================"
