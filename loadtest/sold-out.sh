@@ -58,13 +58,7 @@ cleanup() {
     psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
       || echo "sold-out: could not drop database $DB_NAME, drop it by hand" >&2
   fi
-  if [[ $rc != 0 ]]; then
-    for f in "$TMP"/*.log; do
-      [[ -s $f ]] || continue
-      echo "---- last lines of $f" >&2
-      tail -n 20 "$f" >&2
-    done
-  fi
+  [[ $rc == 0 ]] || print_logs "$TMP"
   rm -rf "$TMP"
   exit "$rc"
 }
@@ -74,17 +68,10 @@ trap 'exit 143' TERM
 
 resolve_yoink
 
-REDIS_PORT=$(free_port)
-log "starting private redis-server on 127.0.0.1:$REDIS_PORT"
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-  --daemonize no --dir "$TMP" --logfile "$TMP/redis.log" &
-PIDS+=($!)
+log "starting a private redis-server"
+start_private_redis "$TMP"
+PIDS+=("$REDIS_PID")
 RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
-for _ in $(seq 50); do
-  [[ $("${RCLI[@]}" PING 2>/dev/null) == PONG ]] && break
-  sleep 0.1
-done
-[[ $("${RCLI[@]}" PING 2>/dev/null) == PONG ]] || die "redis-server did not answer"
 
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"

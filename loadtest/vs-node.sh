@@ -53,13 +53,7 @@ cleanup() {
   redis-cli -p "$PEER_REDIS_PORT" shutdown nosave >/dev/null 2>&1
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS yoink_peer_vs WITH (FORCE)" >/dev/null 2>&1
-  if [[ $rc != 0 ]]; then
-    for f in "$TMP"/*.log; do
-      [[ -s $f ]] || continue
-      echo "---- last lines of $f" >&2
-      tail -n 20 "$f" >&2
-    done
-  fi
+  [[ $rc == 0 ]] || print_logs "$TMP"
   rm -rf "$TMP"
   exit "$rc"
 }
@@ -76,15 +70,9 @@ rm -rf "$TMP/peer/node_modules"
 psql -X -q -d postgres -c "CREATE DATABASE yoink_peer_vs" >/dev/null || die "createdb"
 
 log "Yoink: private redis-server, yoink serve + yoink project"
-YOINK_REDIS_PORT=$(free_port)
-redis-server --bind 127.0.0.1 --port "$YOINK_REDIS_PORT" --save '' --appendonly no \
-  --daemonize no --dir "$TMP" --logfile "$TMP/redis.log" &
-PIDS+=($!)
-for _ in $(seq 50); do
-  [[ $(redis-cli -p "$YOINK_REDIS_PORT" PING 2>/dev/null) == PONG ]] && break
-  sleep 0.1
-done
-export REDIS_URL="redis://127.0.0.1:$YOINK_REDIS_PORT"
+start_private_redis "$TMP"
+PIDS+=("$REDIS_PID")
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
 export RUST_LOG=${RUST_LOG:-warn}
 "$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate"

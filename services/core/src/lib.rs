@@ -30,6 +30,7 @@ pub mod readiness;
 pub mod rebuild;
 pub mod redis_store;
 pub mod sales;
+pub mod scratch;
 pub mod scripts;
 pub mod shutdown;
 pub mod stream;

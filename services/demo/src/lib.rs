@@ -212,20 +212,12 @@ pub async fn run(given: &StoreArgs, args: &DemoArgs) -> Result<Report, DemoError
             ),
         ),
         Stores::Given(_) => {
-            if let Err(err) = remove(&store_args).await {
+            if let Err(err) = yoink_core::scratch::discard::<DemoError>(&store_args).await {
                 eprintln!("Could not remove the demo's database or keys: {err}");
             }
         }
     }
     outcome
-}
-
-/// Drops the demo's database and deletes its keys (only those: its prefix).
-async fn remove(stores: &StoreArgs) -> Result<(), DemoError> {
-    let mut redis = RedisConn::open(stores).await?;
-    yoink_core::redis_store::delete_prefixed(&mut redis, &stores.key_prefix).await?;
-    db::drop_database(&stores.database_url).await?;
-    Ok(())
 }
 
 async fn demo(store_args: &StoreArgs, stamp: u128, args: &DemoArgs) -> Result<Report, DemoError> {

@@ -83,18 +83,11 @@ pub async fn run(
                 stores.database_url_for_logs(),
                 stores.key_prefix
             );
-        } else if let Err(err) = remove(&stores).await {
+        } else if let Err(err) = yoink_core::scratch::discard::<NemesisError>(&stores).await {
             eprintln!("Could not remove the run's database or keys: {err}");
         }
     }
     outcome
-}
-
-async fn remove(stores: &StoreArgs) -> Result<(), NemesisError> {
-    let mut redis = RedisConn::open(stores).await?;
-    yoink_core::redis_store::delete_prefixed(&mut redis, &stores.key_prefix).await?;
-    db::drop_database(&stores.database_url).await?;
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

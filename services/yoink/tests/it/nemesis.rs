@@ -127,8 +127,9 @@ fn the_same_seed_prints_the_same_schedule() {
     assert_ne!(first, schedule("1235"));
 }
 
-#[test]
-fn a_deleted_order_row_fails_the_run_and_names_it() {
+/// A run of 8 s with `plant` planted mid-run (and two fault kinds beside it): it must
+/// fail, name what it found, give its seed, and count the unit lost.
+fn planted_fault_fails_the_run(plant: &str, seed: &str, faults: &str, named: &str) {
     let out = tempfile::tempdir().expect("temp dir");
     let output = nemesis(
         out.path(),
@@ -136,48 +137,42 @@ fn a_deleted_order_row_fails_the_run_and_names_it() {
             "--seconds",
             "8",
             "--seed",
-            "5",
+            seed,
             "--rate",
             "80",
             "--faults",
-            "kill-projector,claim-to-ghost",
+            faults,
             "--plant",
-            "delete-order",
+            plant,
         ],
     );
     let all = text(&output);
     assert_eq!(output.status.code(), Some(1), "{all}");
-    assert!(all.contains("have no order row"), "{all}");
-    assert!(all.contains("FAILED with seed 5"), "{all}");
+    assert!(all.contains(named), "{all}");
+    assert!(all.contains(&format!("FAILED with seed {seed}")), "{all}");
     let report = report(out.path());
     assert_eq!(report["verdict"], "failed");
     assert_eq!(number(&report, "lost"), 1, "{all}");
 }
 
 #[test]
-fn a_unit_taken_from_stock_with_no_event_fails_the_run_and_names_it() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let output = nemesis(
-        out.path(),
-        &[
-            "--seconds",
-            "8",
-            "--seed",
-            "6",
-            "--rate",
-            "80",
-            "--faults",
-            "kill-api,rewind-cursor",
-            "--plant",
-            "steal-unit",
-        ],
+fn a_deleted_order_row_fails_the_run_and_names_it() {
+    planted_fault_fails_the_run(
+        "delete-order",
+        "5",
+        "kill-projector,claim-to-ghost",
+        "have no order row",
     );
-    let all = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{all}");
-    assert!(all.contains("taken from stock with no event"), "{all}");
-    assert!(all.contains("FAILED with seed 6"), "{all}");
-    let report = report(out.path());
-    assert_eq!(number(&report, "lost"), 1, "{all}");
+}
+
+#[test]
+fn a_unit_taken_from_stock_with_no_event_fails_the_run_and_names_it() {
+    planted_fault_fails_the_run(
+        "steal-unit",
+        "6",
+        "kill-api,rewind-cursor",
+        "taken from stock with no event",
+    );
 }
 
 #[test]
