@@ -144,9 +144,9 @@ pct() { awk -v c0="$1" -v c1="$2" -v t0="$3" -v t1="$4" 'BEGIN { printf "%.0f", 
 evalsha_usec() { "${RCLI[@]}" INFO commandstats | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
 evalsha_calls() { "${RCLI[@]}" INFO commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\).*/\1/p'; }
 
-sale_keys() { # sale prefix -> the six KEYS of reserve.lua
+sale_keys() { # sale prefix -> the seven KEYS of reserve.lua
   local p="$2{sale:$1}"
-  echo "$p:meta $p:stock $p:buyers $p:idem $p:reservations $p:events"
+  echo "$p:meta $p:stock $p:buyers $p:idem $p:reservations $p:events $p:holds"
 }
 
 CEIL_RPS="" CEIL_P50="" CEIL_P99="" CEIL_FRESH="" CEIL_CPU="" CEIL_USEC="" CEIL_CORE=""
@@ -155,14 +155,14 @@ if run_a; then
   SALE_A="ceiling"
   read -r -a KEYS_A <<<"$(sale_keys "$SALE_A" "")"
   created=$("${RCLI[@]}" EVAL "$(cat "$SCRIPTS/create_sale.lua")" 2 "${KEYS_A[0]}" "${KEYS_A[1]}" \
-    "$STOCK" 0 0 0)
+    "$STOCK" 0 0 0 0 0)
   [[ $created == 1 ]] || die "create_sale.lua answered '$created'"
   SHA=$("${RCLI[@]}" SCRIPT LOAD "$(cat "$SCRIPTS/reserve.lua")")
   [[ $SHA =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD answered '$SHA'"
 
   # One call by hand: it must reserve, or the benchmark would time errors.
   # The last two arguments are the position floor (epoch, seq): 0 0, no floor.
-  probe=$("${RCLI[@]}" EVALSHA "$SHA" 6 "${KEYS_A[@]}" 01900000-0000-7000-8000-000000000000 \
+  probe=$("${RCLI[@]}" EVALSHA "$SHA" 7 "${KEYS_A[@]}" 01900000-0000-7000-8000-000000000000 \
     "$SALE_A" probe-user 1 "" 0 0)
   [[ $(head -n1 <<<"$probe") == reserved ]] || die "probe EVALSHA did not reserve: $probe"
 
@@ -181,7 +181,7 @@ if run_a; then
   # shellcheck disable=SC2046
   $(pin "${PIN_WRK:-}") redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" \
     -n "$BENCH_REQUESTS" -c "$BENCH_CLIENTS" -P "$BENCH_PIPELINE" -r 100000000000 --csv \
-    EVALSHA "$SHA" 6 "${KEYS_A[@]}" \
+    EVALSHA "$SHA" 7 "${KEYS_A[@]}" \
     0__rand_int__-7000-8000-__rand_int__ "$SALE_A" u-__rand_int__ 1 "" 0 0 \
     >"$TMP/redis-benchmark.csv" 2>"$TMP/redis-benchmark.log"
   c1=$(redis_cpu) t1=$(now)

@@ -120,6 +120,8 @@ pub async fn reserve(
     req: &Reserve<'_>,
 ) -> Result<Reservation, ReserveError> {
     let sale = req.sale_id;
+    // The script hands back some numbers as the digits it already had (reserved_at_ms,
+    // epoch) to spare Lua a conversion; an i64 reads an integer or a string of digits.
     let reply: (String, String, String, i64, i64, i64, i64, i64) = RESERVE
         .key(keys.meta(sale))
         .key(keys.stock(sale))
