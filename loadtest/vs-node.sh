@@ -17,6 +17,9 @@
 #   DURATION      seconds of each wrk run                        [10]
 #   CONNECTIONS   wrk connections                                [1000]
 #   PEER_DIR      the peer's sources                             [../shared/peers/yoink-node]
+#   WITH_PROJECTOR  1: a `yoink project` writes the orders to PostgreSQL during the
+#                 run, as the peer's in-process worker does; 0: `yoink serve` alone,
+#                 the orders wait in the stream                  [1]
 #   YOINK_BIN / SKIP_BUILD   as in reserve-ceiling.sh (lib.sh)
 #   PGHOST PGPORT PGUSER     [127.0.0.1 5432 postgres]
 set -euo pipefail
@@ -29,6 +32,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-1000}
 PEER_DIR=${PEER_DIR:-$ROOT/../shared/peers/yoink-node}
+WITH_PROJECTOR=${WITH_PROJECTOR:-1}
 PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}
@@ -81,8 +85,10 @@ API_PORT=$(free_port)
 "$YOINK" serve --listen "127.0.0.1:$API_PORT" --metrics-listen off >"$TMP/serve.log" 2>&1 &
 SERVE_PID=$!
 PIDS+=("$SERVE_PID")
-"$YOINK" project --metrics-listen off >"$TMP/project.log" 2>&1 &
-PIDS+=($!)
+if [[ $WITH_PROJECTOR == 1 ]]; then
+  "$YOINK" project --metrics-listen off >"$TMP/project.log" 2>&1 &
+  PIDS+=($!)
+fi
 for _ in $(seq 300); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz") == 200 ]] && break
   sleep 0.2
@@ -105,11 +111,13 @@ for round in $(seq "$RUNS"); do
   echo "$p_rps $p_p99 $p_rss" >>"$TMP/peer.txt"
   printf '  %-6s %10s req/s  p99 %8s ms  RSS %5s MB  (%s)\n' peer "$p_rps" "$p_p99" "$p_rss" "$line"
 
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/loadtest/buy.lua" \
+  SALE_ID=vs-node wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/loadtest/buy.lua" \
     "http://127.0.0.1:$API_PORT" >"$TMP/yoink-wrk.txt" 2>&1 || die "wrk against yoink failed"
   y_line=$(grep '^YOINK_WRK ' "$TMP/yoink-wrk.txt" | tail -n1)
   y_rps=$(field rps "$y_line") y_p99=$(field p99_ms "$y_line")
   y_rss=$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVE_PID/status")
+  # Every buy has stock to take: anything but 202 means the figure is not /buy's work.
+  [[ $(field non_2xx "$y_line") == 0 ]] || die "yoink answered non-2xx: $y_line"
   echo "$y_rps $y_p99 $y_rss" >>"$TMP/yoink.txt"
   printf '  %-6s %10s req/s  p99 %8s ms  RSS %5s MB  (non-2xx %s)\n' yoink "$y_rps" "$y_p99" "$y_rss" "$(field non_2xx "$y_line")"
 done
@@ -118,7 +126,7 @@ median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]
 col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "==================== Yoink vs the Node peer (v4), medians of $RUNS ===================="
+echo "==================== Yoink vs the Node peer (v4), medians of $RUNS (projector: $WITH_PROJECTOR) ===================="
 printf '%-10s %10s req/s  p99 %8s ms  RSS %5s MB\n' "node v4" "$(col peer 1)" "$(col peer 2)" "$(col peer 3)"
 printf '%-10s %10s req/s  p99 %8s ms  RSS %5s MB\n' "yoink" "$(col yoink 1)" "$(col yoink 2)" "$(col yoink 3)"
 printf '%-30s %s\n' "req/s yoink / node (goal >= 10)" "$(ratio "$(col yoink 1)" "$(col peer 1)")"
