@@ -347,10 +347,11 @@ async fn comparison(
         Strategy::Naive => (Kind::Naive, args.db_pool, None),
         Strategy::DbAtomic => (Kind::DbAtomic, args.db_pool, None),
         _ => {
-            let mut redis_stores = stores.clone();
-            redis_stores.key_prefix = format!("{}yoink-bench-{stamp}:", stores.key_prefix);
-            let keys = Keyspace::new(redis_stores.key_prefix.clone());
-            let mut redis = RedisConn::open(&redis_stores).await?;
+            // The run's one key prefix, paired with its one database as in a deployment:
+            // the stream strategy's API later checks every sale of that database
+            // against Redis, this one included.
+            let keys = Keyspace::new(stores.key_prefix.clone());
+            let mut redis = RedisConn::open(stores).await?;
             create_sale(&mut redis, &keys, admin, &sale, args.stock).await?;
             let kind = Kind::RedisSync {
                 redis: redis.clone(),
@@ -460,18 +461,16 @@ async fn stream(
     args: &BenchArgs,
 ) -> Result<StrategyResult, BenchError> {
     let stamp = run_stamp(Strategy::Stream);
-    let mut stores = stores.clone();
-    stores.key_prefix = format!("{}yoink-bench-{stamp}:", stores.key_prefix);
     let keys = Keyspace::new(stores.key_prefix.clone());
     let sale = SaleId::parse(&format!("bench-{stamp}"))
         .map_err(|e| BenchError::Usage(format!("sale id: {e}")))?;
 
-    let pipeline = yoink_demo::Pipeline::start(&stores, args.buyers, "bench")
+    let pipeline = yoink_demo::Pipeline::start(stores, args.buyers, "bench")
         .await
         .map_err(BenchError::Server)?;
     let addr = pipeline.addr;
 
-    let mut redis = match RedisConn::open(&stores).await {
+    let mut redis = match RedisConn::open(stores).await {
         Ok(redis) => redis,
         Err(err) => {
             pipeline.stop().await;
@@ -509,7 +508,7 @@ async fn stream(
         }
         let lost = (args.stock - remaining - orders).max(0);
         let mut result = result(Strategy::Stream, args, &report, orders, lost, peaks, notes);
-        result.reconciled = Some(reconcile(&stores, &keys, &sale).await?);
+        result.reconciled = Some(reconcile(stores, &keys, &sale).await?);
         Ok::<_, BenchError>(result)
     }
     .await;

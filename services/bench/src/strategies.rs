@@ -218,7 +218,10 @@ impl Backend {
             user_id: user,
             quantity: buy.quantity,
             reserved_at_ms: taken.reserved_at_ms,
-            position: Some(taken.position),
+            // V3 knows nothing of positions, and its sale must set no floor that
+            // another strategy's API, sharing the bench's database, would hold its own
+            // Redis (another key prefix, where this sale does not exist) against.
+            position: None,
             idempotency_key: None,
             expires_at_ms: None,
         };
