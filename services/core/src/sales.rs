@@ -186,6 +186,45 @@ pub async fn create_sale(
     Ok(())
 }
 
+/// Every sale either store knows (PostgreSQL's `sales` and the Redis registry), sorted;
+/// an id that does not parse is skipped. The registry is read with SSCAN, a page at a
+/// time, so a large one never holds Redis up. Generic over the caller's error.
+pub async fn known_to_either<E>(
+    redis: &mut RedisConn,
+    keys: &Keyspace,
+    pool: &Pool,
+) -> Result<Vec<SaleId>, E>
+where
+    E: From<redis::RedisError> + From<DbError>,
+{
+    const PAGE: usize = 500;
+    let mut all = std::collections::BTreeSet::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(keys.sales_registry())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(redis)
+            .await?;
+        all.extend(page.iter().filter_map(|s| SaleId::parse(s).ok()));
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let rows = pool
+        .get()
+        .await
+        .map_err(DbError::from)?
+        .query("SELECT sale_id FROM sales", &[])
+        .await
+        .map_err(DbError::from)?;
+    all.extend(rows.iter().filter_map(|r| SaleId::parse(r.get(0)).ok()));
+    Ok(all.into_iter().collect())
+}
+
 /// The sale's definition as PostgreSQL holds it.
 pub async fn terms_from_db(
     db: &impl GenericClient,

@@ -4,7 +4,7 @@
 //! Never load a whole dead stream: every read is `XRANGE ... COUNT 500`, and what is
 //! kept is bounded by `--limit` (or by the copies of one entry). Read-only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use redis::AsyncCommands;
 use redis::streams::{StreamId, StreamRangeReply};
@@ -66,30 +66,7 @@ pub async fn sales(dlq: &mut Dlq, sale: Option<&str>) -> Result<Vec<SaleId>, Dlq
         ensure_sale(dlq, &sale).await?;
         return Ok(vec![sale]);
     }
-    let mut all = BTreeSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("SSCAN")
-            .arg(dlq.keys.sales_registry())
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut dlq.redis)
-            .await?;
-        all.extend(page.iter().filter_map(|s| SaleId::parse(s).ok()));
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    let rows = dlq
-        .pool
-        .get()
-        .await?
-        .query("SELECT sale_id FROM sales", &[])
-        .await?;
-    all.extend(rows.iter().filter_map(|r| SaleId::parse(r.get(0)).ok()));
-    Ok(all.into_iter().collect())
+    yoink_core::sales::known_to_either(&mut dlq.redis, &dlq.keys, &dlq.pool).await
 }
 
 /// `UnknownSale` unless Redis or PostgreSQL knows `sale` (or it has dead letters).

@@ -427,9 +427,11 @@ async fn main() {
     let mut one_sale = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        snapshot::all_sales(&mut redis, &keys, &pool)
-            .await
-            .expect("all sales");
+        yoink_core::sales::known_to_either::<yoink_reconciler::error::ReconcileError>(
+            &mut redis, &keys, &pool,
+        )
+        .await
+        .expect("all sales");
         all_sales.push(ms(started.elapsed()));
         let started = Instant::now();
         let mut snap = snapshot::redis_snapshot(&mut redis, &keys, &big)

@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use redis::AsyncCommands;
 use redis::Script;
 use tokio_postgres::IsolationLevel;
 use yoink_core::events::Reserved;
@@ -162,24 +161,4 @@ pub async fn postgres_side(
     };
     client.commit().await?;
     Ok(side)
-}
-
-/// Every sale either store knows, sorted.
-pub async fn all_sales(
-    redis: &mut RedisConn,
-    keys: &Keyspace,
-    pool: &Pool,
-) -> Result<Vec<SaleId>, ReconcileError> {
-    let client = pool.get().await?;
-    let mut ids: HashSet<String> = client
-        .query("SELECT sale_id FROM sales", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let registered: Vec<String> = redis.smembers(keys.sales_registry()).await?;
-    ids.extend(registered);
-    let mut sales: Vec<SaleId> = ids.iter().filter_map(|s| SaleId::parse(s).ok()).collect();
-    sales.sort();
-    Ok(sales)
 }

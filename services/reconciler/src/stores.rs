@@ -46,7 +46,12 @@ impl Stores {
 
     pub async fn sales(&mut self, args: &ReconcileArgs) -> Result<Vec<SaleId>, ReconcileError> {
         let Some(raw) = &args.sale else {
-            return snapshot::all_sales(&mut self.redis, &self.keys, &self.pool).await;
+            return yoink_core::sales::known_to_either::<ReconcileError>(
+                &mut self.redis,
+                &self.keys,
+                &self.pool,
+            )
+            .await;
         };
         let sale = SaleId::parse(raw).map_err(|source| ReconcileError::BadSaleId {
             raw: raw.clone(),
