@@ -274,10 +274,8 @@ async fn release_in(
                  SELECT reservation_id, sale_id, user_id, quantity, 'released', $2, stream_id,
                         reserved_at, epoch, seq, idempotency_key
                  FROM due
-                 -- Any conflict: on the key, or on (reservation_id, fate) when a concurrent
-                 -- transaction decides the same reservation (the arbiter of a targeted
-                 -- ON CONFLICT would let that one raise a unique violation instead).
-                 ON CONFLICT DO NOTHING
+                 -- Decided already (by another writer): nothing to do.
+                 ON CONFLICT (reservation_id) DO NOTHING
                  RETURNING reservation_id, sale_id, user_id, quantity
              ), counted AS (
                  UPDATE sales s SET released_units = s.released_units + c.units

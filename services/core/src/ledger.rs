@@ -4,9 +4,10 @@
 //! `release` are one transaction each; the `_in` forms run inside a caller's
 //! transaction (a rebuild decides many at once).
 //!
-//! PostgreSQL decides: a fate row per reservation (primary key), orders only for
-//! 'confirmed' fates (composite foreign key), counters on `sales` under the no-oversell
-//! CHECK, and an outbox row per decision, all committed together or not at all. Each
+//! PostgreSQL decides: a fate row per reservation (primary key); a 'confirmed' fate is
+//! the order (it carries the order id, and `orders` is a view of them); counters on
+//! `sales` under the no-oversell CHECK; and an outbox row per decision, all committed
+//! together or not at all. Each
 //! fate keeps the reservation's position and Idempotency-Key, and the sale's high-water
 //! mark (`sales.hwm_*`, the newest position decided) is raised in the same statement
 //! that counts the units.
@@ -119,6 +120,10 @@ impl<'a> Columns<'a> {
 }
 
 /// `confirm` inside the caller's transaction.
+///
+/// One statement: a confirmed fate per new reservation (it is the order: `orders` is
+/// a view of confirmed fates), the sale's counters, and an outbox row per order that
+/// names its reservation (the relay builds the event from the fate).
 pub async fn confirm_in(
     tx: &Transaction<'_>,
     batch: &[(&str, &Reserved)],
@@ -127,32 +132,28 @@ pub async fn confirm_in(
         return Ok(0);
     }
     let c = Columns::of(batch);
+    // Time-ordered ids keep both unique indexes appending at their right edge.
     let order_ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
+    let event_ids: Vec<Uuid> = batch.iter().map(|_| Uuid::now_v7()).collect();
     let statement = tx
         .prepare_cached(
             "WITH input AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[],
                                       $5::text[], $6::bigint[], $7::uuid[], $8::bigint[],
-                                      $9::bigint[], $10::text[])
-                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, reserved_at_ms, order_id,
-                          epoch, seq, idempotency_key)
-             ), decided AS (
+                                      $9::bigint[], $10::text[], $11::uuid[])
+                     AS t(reservation_id, sale_id, user_id, quantity, stream_id, reserved_at_ms,
+                          order_id, epoch, seq, idempotency_key, event_id)
+             ), ordered AS (
                  INSERT INTO reservation_fates
                      (reservation_id, sale_id, user_id, quantity, fate, stream_id, reserved_at,
-                      epoch, seq, idempotency_key)
+                      epoch, seq, idempotency_key, order_id)
                  SELECT reservation_id, sale_id, user_id, quantity, 'confirmed', stream_id,
-                        to_timestamp(reserved_at_ms / 1000.0), epoch, seq, idempotency_key
+                        to_timestamp(reserved_at_ms / 1000.0), epoch, seq, idempotency_key,
+                        order_id
                  FROM input
-                 -- Any conflict: on the key, or on (reservation_id, fate) when a concurrent
-                 -- transaction decides the same reservation (the arbiter of a targeted
-                 -- ON CONFLICT would let that one raise a unique violation instead).
+                 -- Decided already (a redelivery, or released earlier): nothing to do.
                  ON CONFLICT DO NOTHING
-                 RETURNING reservation_id, sale_id, user_id, quantity, reserved_at
-             ), ordered AS (
-                 INSERT INTO orders (order_id, reservation_id, sale_id, user_id, quantity, reserved_at)
-                 SELECT i.order_id, d.reservation_id, d.sale_id, d.user_id, d.quantity, d.reserved_at
-                 FROM decided d JOIN input i USING (reservation_id)
-                 RETURNING order_id, reservation_id, sale_id, user_id, quantity, reserved_at
+                 RETURNING reservation_id, sale_id, quantity
              ), newest AS (
                  SELECT DISTINCT ON (sale_id) sale_id, epoch, seq FROM input
                  WHERE epoch IS NOT NULL ORDER BY sale_id, epoch DESC, seq DESC
@@ -167,16 +168,20 @@ pub async fn confirm_in(
                  WHERE s.sale_id = c.sale_id
                  RETURNING s.sale_id
              ), published AS (
-                 INSERT INTO outbox (event_id, event_type, sale_id, payload)
-                 SELECT gen_random_uuid(), 'order.confirmed', sale_id,
-                        jsonb_build_object('order_id', order_id, 'reservation_id', reservation_id,
-                                           'sale_id', sale_id, 'user_id', user_id,
-                                           'quantity', quantity, 'reserved_at', reserved_at)
-                 FROM ordered
+                 INSERT INTO outbox (event_id, event_type, sale_id, reservation_id)
+                 SELECT i.event_id, 'order.confirmed', o.sale_id, o.reservation_id
+                 FROM ordered o JOIN input i USING (reservation_id)
                  RETURNING 1
+             ), unknown AS (
+                 -- An order for a sale PostgreSQL does not know is refused (SQLSTATE
+                 -- 23503, as a foreign key would), the whole batch with it.
+                 SELECT refuse_unknown_sale(sale_id)
+                 FROM (SELECT DISTINCT sale_id FROM input) i
+                 WHERE NOT EXISTS (SELECT 1 FROM sales s WHERE s.sale_id = i.sale_id)
              )
-             -- Data-modifying CTEs run to completion whether read or not.
-             SELECT count(*) FROM ordered",
+             -- Data-modifying CTEs run to completion whether read or not; `unknown`
+             -- runs because it is read.
+             SELECT count(*) + (SELECT count(*) FROM unknown) FROM ordered",
         )
         .await?;
     let row = tx
@@ -193,6 +198,7 @@ pub async fn confirm_in(
                 &c.epochs,
                 &c.seqs,
                 &c.idempotency_keys,
+                &event_ids,
             ],
         )
         .await?;
@@ -207,13 +213,22 @@ pub async fn project(pool: &Pool, batch: &[(&str, &Reserved)]) -> Result<(u64, u
     if batch.is_empty() {
         return Ok((0, 0));
     }
-    let (holds, orders): (Vec<_>, Vec<_>) =
-        batch.iter().partition(|(_, r)| r.expires_at_ms.is_some());
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let new_orders = confirm_in(&tx, &orders).await?;
-    let new_holds = crate::holds::record_in(&tx, &holds).await?;
+    let projected = project_in(&tx, batch).await?;
     tx.commit().await?;
+    Ok(projected)
+}
+
+/// `project` inside the caller's transaction.
+pub async fn project_in(
+    tx: &Transaction<'_>,
+    batch: &[(&str, &Reserved)],
+) -> Result<(u64, u64), LedgerError> {
+    let (holds, orders): (Vec<_>, Vec<_>) =
+        batch.iter().partition(|(_, r)| r.expires_at_ms.is_some());
+    let new_orders = confirm_in(tx, &orders).await?;
+    let new_holds = crate::holds::record_in(tx, &holds).await?;
     Ok((new_orders, new_holds))
 }
 
@@ -304,10 +319,8 @@ pub async fn release_in(
                   epoch, seq, idempotency_key)
              VALUES ($1, $2, $3, $4, 'released', $5, $6, to_timestamp($7::bigint / 1000.0),
                      $8, $9, $10)
-             -- Any conflict: on the key, or on (reservation_id, fate) when a concurrent
-             -- transaction decides the same reservation (the arbiter of a targeted
-             -- ON CONFLICT would let that one raise a unique violation instead).
-             ON CONFLICT DO NOTHING
+             -- Decided already (confirmed, or released by another writer).
+             ON CONFLICT (reservation_id) DO NOTHING
              RETURNING reservation_id",
             &[
                 &r.reservation_id.as_uuid(),

@@ -421,7 +421,7 @@ async fn plant_fault(
                     .await?;
                 Ok(match row {
                     Some(row) => format!(
-                        "deleted the order row of reservation {}",
+                        "deleted the order (its confirmed fate) of reservation {}",
                         row.get::<_, Uuid>(0)
                     ),
                     None => "no order row to delete yet".to_owned(),

@@ -65,12 +65,29 @@ pub async fn publish_batch(
     let tx = client.transaction().await?;
     let rows = tx
         .query(
-            "SELECT event_id, event_type, sale_id, payload::text,
-                    (extract(epoch FROM created_at) * 1000)::bigint
-             FROM outbox WHERE published_at IS NULL
-             ORDER BY created_at
+            // An order's row names its reservation and the event is built here from
+            // the fate, which is never updated (the ledger keeps the projection's
+            // write small); a fate deleted by hand since still yields an event that
+            // names the reservation.
+            "SELECT o.event_id, o.event_type, o.sale_id,
+                    coalesce(o.payload,
+                             CASE WHEN f.reservation_id IS NOT NULL THEN
+                                 jsonb_build_object('order_id', f.order_id,
+                                                    'reservation_id', f.reservation_id,
+                                                    'sale_id', f.sale_id, 'user_id', f.user_id,
+                                                    'quantity', f.quantity,
+                                                    'reserved_at', f.reserved_at)
+                             END,
+                             jsonb_build_object('reservation_id', o.reservation_id,
+                                                'sale_id', o.sale_id))::text,
+                    (extract(epoch FROM o.created_at) * 1000)::bigint
+             FROM outbox o
+             LEFT JOIN reservation_fates f
+                    ON o.payload IS NULL AND f.reservation_id = o.reservation_id
+             WHERE o.published_at IS NULL
+             ORDER BY o.created_at
              LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+             FOR UPDATE OF o SKIP LOCKED",
             &[&batch],
         )
         .await?;

@@ -176,37 +176,14 @@ pub async fn apply(
         Action::Reproject { sale, entries } => {
             let batch: Vec<(&str, &Reserved)> =
                 entries.iter().map(|(id, r)| (id.as_str(), r)).collect();
-            let ids: Vec<Uuid> = entries
-                .iter()
-                .map(|(_, r)| r.reservation_id.as_uuid())
-                .collect();
-            // Reservations with no fate at all: the projector's own writer (orders, or
-            // holds on a sale with holds: they wait for their confirm or expiry).
-            let (orders, recorded_holds) = ledger::project(pool, &batch).await?;
-            let created = orders + recorded_holds;
-            // Reservations confirmed whose order row went missing: the order again.
+            // Reservations with no fate at all (an order is a confirmed fate, so a
+            // lost order is a lost fate): the projector's own writer (orders, or holds
+            // on a sale with holds: they wait for their confirm or expiry).
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
-            let restored = tx
-                .execute(
-                    "WITH restored AS (
-                         INSERT INTO orders (order_id, reservation_id, sale_id, user_id, quantity, reserved_at)
-                         SELECT gen_random_uuid(), reservation_id, sale_id, user_id, quantity, reserved_at
-                         FROM reservation_fates
-                         WHERE reservation_id = ANY($1) AND fate = 'confirmed'
-                         ON CONFLICT (reservation_id) DO NOTHING
-                         RETURNING order_id, reservation_id, sale_id, user_id, quantity, reserved_at
-                     )
-                     INSERT INTO outbox (event_id, event_type, sale_id, payload)
-                     SELECT gen_random_uuid(), 'order.confirmed', sale_id,
-                            jsonb_build_object('order_id', order_id, 'reservation_id', reservation_id,
-                                               'sale_id', sale_id, 'user_id', user_id,
-                                               'quantity', quantity, 'reserved_at', reserved_at,
-                                               'repaired', true)
-                     FROM restored",
-                    &[&ids],
-                )
-                .await?;
+            // A fate deleted by hand took its units out of no counter: count the
+            // sale's orders first, so the re-projected ones are counted once (and the
+            // no-oversell CHECK judges the true total).
             tx.execute(
                 "UPDATE sales SET confirmed_units =
                      (SELECT coalesce(sum(quantity), 0) FROM orders WHERE sale_id = $1)
@@ -214,9 +191,11 @@ pub async fn apply(
                 &[&sale.as_str()],
             )
             .await?;
+            let (orders, recorded_holds) = ledger::project_in(&tx, &batch).await?;
             tx.commit().await?;
-            metrics::counter!(REPAIRS, "kind" => "reproject").increment(created + restored);
-            tracing::warn!(sale_id = %sale, created, restored, "Repair: re-projected reservations.");
+            let created = orders + recorded_holds;
+            metrics::counter!(REPAIRS, "kind" => "reproject").increment(created);
+            tracing::warn!(sale_id = %sale, created, "Repair: re-projected reservations.");
         }
         Action::RebuildRedis { sale, .. } => {
             scripts::fence(

@@ -144,6 +144,10 @@ fn planted_fault_fails_the_run(plant: &str, seed: &str, faults: &str, named: &st
             faults,
             "--plant",
             plant,
+            // A planted loss never drains (a deleted order leaves a 202 without a
+            // fate for good): do not wait the default minute for it.
+            "--drain-secs",
+            "15",
         ],
     );
     let all = text(&output);
@@ -161,7 +165,7 @@ fn a_deleted_order_row_fails_the_run_and_names_it() {
         "delete-order",
         "5",
         "kill-projector,claim-to-ghost",
-        "have no order row",
+        "have no fate",
     );
 }
 
