@@ -73,20 +73,20 @@ impl PrivateRedis {
 
     /// Starts with extra `redis-server` arguments (e.g. `--maxclients 10`).
     pub async fn start_with(extra: &[&str]) -> Self {
-        let mut server = Self {
-            port: free_port(),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            _dir: None,
-        };
-        server.start_again().await;
-        server
+        Self::start_in_own_dir(extra).await
     }
 
     /// Starts with a data directory of its own, so `SAVE` writes a snapshot (and an
     /// AOF, with `--appendonly yes` in `extra`) that a restart loads: Redis coming back
     /// from an older state.
     pub async fn start_persistent(extra: &[&str]) -> Self {
+        Self::start_in_own_dir(extra).await
+    }
+
+    /// Every server gets a temporary directory of its own, even one that saves
+    /// nothing: a replica's full sync writes an RDB into its working directory, which
+    /// would otherwise be the test's crate folder.
+    async fn start_in_own_dir(extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("yoink-redis-")
             .tempdir()
