@@ -85,9 +85,11 @@ API_PORT=$(free_port)
 "$YOINK" serve --listen "127.0.0.1:$API_PORT" --metrics-listen off >"$TMP/serve.log" 2>&1 &
 SERVE_PID=$!
 PIDS+=("$SERVE_PID")
+PROJECT_PID=
 if [[ $WITH_PROJECTOR == 1 ]]; then
   "$YOINK" project --metrics-listen off >"$TMP/project.log" 2>&1 &
-  PIDS+=($!)
+  PROJECT_PID=$!
+  PIDS+=("$PROJECT_PID")
 fi
 for _ in $(seq 300); do
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz") == 200 ]] && break
@@ -102,6 +104,24 @@ ms() { python3 -c 'import sys,re
 v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$", v)
 print("?" if not m else round(float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)], 2))' "$1"; }
 
+# Where the machine's CPU goes during Yoink's run: clock ticks of each process
+# (utime + stime in /proc/PID/stat), PostgreSQL as all of its processes, wrk through
+# the shell's reaped-children times, idle from /proc/stat.
+TICKS=$(getconf CLK_TCK)
+ticks() { local t=0 pid; for pid in "$@"; do [[ -r /proc/$pid/stat ]] && t=$((t + $(awk '{ print $14 + $15 }' "/proc/$pid/stat"))); done; echo "$t"; }
+pg_ticks() { ticks $(pgrep -u postgres 2>/dev/null); }
+# `times` runs in this shell (a subshell would report its own children, none).
+children_ticks() { awk -v hz="$TICKS" 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.0f", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }' "$TMP/times"; }
+idle_ticks() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
+# Sets SNAP (called directly, never in $(...), for the same reason).
+snapshot() { times >"$TMP/times"; SNAP="$(ticks "$SERVE_PID") $(ticks "$REDIS_PID") $(ticks $PROJECT_PID) $(pg_ticks) $(children_ticks) $(idle_ticks) $(date +%s.%N)"; }
+# share BEFORE AFTER: each part as % of the machine (all cores) over the interval.
+share() { python3 -c 'import sys,os
+b=[float(x) for x in sys.argv[1].split()]; a=[float(x) for x in sys.argv[2].split()]
+hz=float(sys.argv[3]); cores=os.cpu_count(); wall=a[6]-b[6]
+d=[(a[i]-b[i])/hz/(wall*cores)*100 for i in range(6)]
+print("serve %.0f%%, Redis %.0f%%, projector %.0f%%, PostgreSQL %.0f%%, wrk %.0f%%, idle %.0f%%, rest %.0f%% (of %d cores)" % (d[0], d[1], d[2], d[3], d[4], d[5], 100-sum(d), cores))' "$1" "$2" "$TICKS"; }
+
 for round in $(seq "$RUNS"); do
   echo "round $round of $RUNS (wrk -t2 -c$CONNECTIONS -d${DURATION}s, a fresh buyer per request)"
   line=$(cd "$TMP/peer" && DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/yoink_peer_vs" \
@@ -111,8 +131,10 @@ for round in $(seq "$RUNS"); do
   echo "$p_rps $p_p99 $p_rss" >>"$TMP/peer.txt"
   printf '  %-6s %10s req/s  p99 %8s ms  RSS %5s MB  (%s)\n' peer "$p_rps" "$p_p99" "$p_rss" "$line"
 
+  snapshot; before=$SNAP
   SALE_ID=vs-node wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$ROOT/loadtest/buy.lua" \
     "http://127.0.0.1:$API_PORT" >"$TMP/yoink-wrk.txt" 2>&1 || die "wrk against yoink failed"
+  snapshot; cpu=$(share "$before" "$SNAP")
   y_line=$(grep '^YOINK_WRK ' "$TMP/yoink-wrk.txt" | tail -n1)
   y_rps=$(field rps "$y_line") y_p99=$(field p99_ms "$y_line")
   y_rss=$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVE_PID/status")
@@ -120,6 +142,7 @@ for round in $(seq "$RUNS"); do
   [[ $(field non_2xx "$y_line") == 0 ]] || die "yoink answered non-2xx: $y_line"
   echo "$y_rps $y_p99 $y_rss" >>"$TMP/yoink.txt"
   printf '  %-6s %10s req/s  p99 %8s ms  RSS %5s MB  (non-2xx %s)\n' yoink "$y_rps" "$y_p99" "$y_rss" "$(field non_2xx "$y_line")"
+  printf '         CPU during the run: %s\n' "$cpu"
 done
 
 median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
