@@ -16,7 +16,9 @@ apt_install() {
     apt_updated=1
   fi
   log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null || die "apt-get install $*"
+  # No recommends: the prometheus package would bring prometheus-node-exporter.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $*"
 }
 
 # Redis: server binary (tests start private instances) and the shared one on 6379.
@@ -55,6 +57,10 @@ present() {
 }
 
 # Optional tools, installed only when asked for: YOINK_NEED="k6 st wrk promtool pyyaml".
+# The live observability test (services/yoink/tests/it/observability.rs) runs a real
+# Prometheus and both exporters: YOINK_NEED="prometheus prometheus-redis-exporter
+# prometheus-postgres-exporter" (Debian packages of those names; on a host with systemd
+# their services start on :9090, :9121 and :9187; the test uses ports of its own).
 for tool in ${YOINK_NEED:-}; do
   if [ "$tool" = pyyaml ]; then
     python3 -c 'import yaml' 2>/dev/null || { log "installing PyYAML (pip)"; pip install -q "pyyaml>=6" >/dev/null || die "pip install pyyaml"; }
@@ -68,7 +74,9 @@ for tool in ${YOINK_NEED:-}; do
     st) log "installing schemathesis (pip)"; pip install -q "schemathesis==4.32.5" >/dev/null || die "pip install schemathesis" ;;
     wrk) apt_install wrk ;;
     redis-benchmark) apt_install redis-tools ;;
-    promtool) apt_install prometheus ;;
+    promtool|prometheus) apt_install prometheus ;;
+    prometheus-redis-exporter) apt_install prometheus-redis-exporter ;;
+    prometheus-postgres-exporter) apt_install prometheus-postgres-exporter ;;
     docker-compose) apt_install docker-compose ;;
     *) die "do not know how to install $tool" ;;
   esac

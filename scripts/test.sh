@@ -5,7 +5,7 @@
 # summary closes the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-YOINK_NEED="k6 st promtool docker-compose pyyaml" scripts/ensure-services.sh
+YOINK_NEED="k6 st promtool docker-compose pyyaml prometheus prometheus-redis-exporter prometheus-postgres-exporter" scripts/ensure-services.sh
 
 echo "== observability: Prometheus config, alert rules and their unit tests, dashboards"
 observability/check.sh

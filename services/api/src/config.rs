@@ -66,6 +66,19 @@ pub struct ApiArgs {
     /// (and checks that Redis has not gone back behind them).
     #[arg(long, env = "YOINK_FENCE_REFRESH_MS", default_value_t = 1_000)]
     pub fence_refresh_ms: u64,
+
+    /// `off`: no metrics recorder at all (every metric call a no-op, `/metrics` an empty
+    /// page), to measure what metrics cost (`loadtest/metrics-cost.sh`). Give it with
+    /// `--metrics-listen off`, whose listener would otherwise install the recorder.
+    #[arg(long, value_enum, env = "YOINK_METRICS", default_value_t = MetricsSwitch::On)]
+    pub metrics: MetricsSwitch,
+}
+
+/// Whether the process records metrics (`--metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsSwitch {
+    On,
+    Off,
 }
 
 /// A flag whose value is outside its allowed range.

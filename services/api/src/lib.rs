@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use yoink_core::{Keyspace, RedisConn, StoreArgs, db, telemetry};
+use yoink_core::{Keyspace, RedisConn, StoreArgs, db};
 
 pub use config::ApiArgs;
 pub use state::AppState;
@@ -50,7 +50,7 @@ pub async fn state(stores: &StoreArgs, args: &ApiArgs) -> Result<AppState, Start
             .or_else(|| auth::configured(args.admin_token.as_deref())),
         reserve_permits: Arc::new(Semaphore::new(args.max_in_flight)),
         max_in_flight: args.max_in_flight,
-        metrics: telemetry::prometheus(),
+        metrics: metrics::install(args.metrics),
         redis_timeout: stores.redis_timeout(),
         fences: Arc::new(fences::Fences::default()),
         sale_index: Arc::new(sale_index::SaleIndex::default()),

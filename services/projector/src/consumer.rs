@@ -217,7 +217,6 @@ impl SaleProjector {
 
     async fn handle_held(&mut self, entries: &[Entry], shutdown: &mut watch::Receiver<bool>) {
         let started = Instant::now();
-        metrics::pool(&self.pool);
         let read_at = entries
             .iter()
             .filter_map(|e| match &e.event {
@@ -269,7 +268,6 @@ impl SaleProjector {
         for (entry, reason) in outcome.refused {
             self.refuse(&entry, &reason).await;
         }
-        metrics::pool(&self.pool);
         ::metrics::histogram!(metrics::BATCH_SIZE).record(entries.len() as f64);
         ::metrics::histogram!(metrics::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     }

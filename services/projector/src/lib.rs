@@ -256,6 +256,15 @@ pub async fn run(
     let pool = db::pool(&stores.database_url, stores.pg_pool_size)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let _ = telemetry::prometheus();
+    metrics::describe();
+    metrics::register();
+    telemetry::watch_runtime();
+    tasks.spawn(metrics::sample_pool(
+        pool.clone(),
+        metrics::POOL_SAMPLE_EVERY,
+        stop_rx.clone(),
+    ));
     let mut _published = None;
     if let Some(listener) = telemetry::bind_metrics(&args.metrics_listen, "projector").await? {
         if let (Some(dir), Ok(addr)) = (sd_dir, listener.local_addr()) {
@@ -298,6 +307,7 @@ pub async fn run(
                     if !running.insert(sale.clone()) {
                         continue;
                     }
+                    metrics::register_sale(&sale);
                     let start = {
                         let shared = shared.clone();
                         let sale = sale.clone();

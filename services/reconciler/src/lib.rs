@@ -9,6 +9,7 @@
 //! rendering `report`, the fixes `repair`.
 
 pub mod error;
+pub mod exported;
 pub mod repair;
 pub mod report;
 pub mod snapshot;
@@ -186,6 +187,10 @@ pub async fn watch(
     let server = tokio::spawn(telemetry::serve_metrics(listener, async move {
         let _ = stop_rx.changed().await;
     }));
+    let _ = telemetry::prometheus();
+    exported::describe();
+    exported::register();
+    telemetry::watch_runtime();
     let grace = Duration::from_secs(args.grace);
     let mut first_seen: HashMap<SaleId, (SaleReport, Instant)> = HashMap::new();
     let mut stores_open: Option<Stores> = None;
@@ -235,6 +240,7 @@ pub async fn watch(
                 render(&mut stdout, &reports, args.json)?;
             }
             Err(err) => {
+                exported::pass_failed(&err);
                 // Keep watching: the staleness of the last-success gauge is the alert, and
                 // an outage is logged once, not once per pass.
                 if !failing {

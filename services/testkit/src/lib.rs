@@ -10,6 +10,7 @@ mod app;
 pub mod logs;
 mod postgres;
 mod process;
+pub mod prometheus;
 mod redis_servers;
 
 pub use app::{AppOptions, GroupState, RunningProjector, TestApp, spawn_app, spawn_app_with};

@@ -90,16 +90,6 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
     Ok(Some(key.to_owned()))
 }
 
-/// The `yoink_reservations_total` label of a buy: `reserved` or `replayed` for a
-/// success, else the error code the buyer sees (one vocabulary for both).
-fn outcome_label(outcome: &Result<scripts::Reservation, ApiError>) -> &'static str {
-    match outcome {
-        Ok(r) if r.fresh => "reserved",
-        Ok(_) => "replayed",
-        Err(err) => err.code(),
-    }
-}
-
 pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     let body = read_json_body(req).await?;
@@ -110,7 +100,7 @@ pub async fn buy(state: &AppState, req: Request<Incoming>) -> Result<Response, A
         )));
     }
     let outcome = reserve(state, &buy, idempotency_key.as_deref()).await;
-    record_reservation(outcome_label(&outcome));
+    record_reservation(&buy.sale_id, &outcome, &state.sale_index);
     let reservation = outcome?;
     Ok(json_response(
         StatusCode::ACCEPTED,

@@ -23,7 +23,7 @@ async fn metrics_label_an_erroring_request_with_its_route_template() {
         "{text}"
     );
     assert!(text.contains(r#"route="/buy",method="POST",status="404""#));
-    assert!(text.contains(r#"yoink_reservations_total{outcome="unknown_sale"}"#));
+    assert!(text.contains(r#"yoink_reservations_total{outcome="unknown_sale",sale="unknown"}"#));
     assert!(
         !text.contains("not-a-uuid"),
         "raw paths never become labels"
@@ -99,10 +99,10 @@ async fn reservation_outcomes_are_counted_under_the_error_codes_buyers_see() {
 
     let text = metrics_text(&app).await;
     assert!(
-        text.contains(r#"yoink_reservations_total{outcome="idempotency_key_reused"}"#),
+        text.contains(r#"yoink_reservations_total{outcome="idempotency_key_reused",sale="vocabulary"}"#),
         "{text}"
     );
-    assert!(text.contains(r#"yoink_reservations_total{outcome="reserved"}"#));
+    assert!(text.contains(r#"yoink_reservations_total{outcome="reserved",sale="vocabulary"}"#));
     assert!(!text.contains(r#"outcome="idempotency_mismatch""#));
 }
 

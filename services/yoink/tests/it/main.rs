@@ -5,6 +5,7 @@ mod cluster;
 mod durability;
 mod holds;
 mod nemesis;
+mod observability;
 mod one_host;
 mod processes;
 mod reconcile;
