@@ -9,7 +9,7 @@
 //!    order row, at a steady load below saturation.
 //!
 //! Run: `cargo bench -p yoink-projector --bench drain` (env DRAIN_N, DRAIN_BATCH,
-//! STEADY_RATE, STEADY_SECS). Uses the local Redis and PostgreSQL, on its own database and key prefix.
+//! DRAIN_PARALLEL, STEADY_RATE, STEADY_SECS). Uses the local Redis and PostgreSQL, on its own database and key prefix.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ async fn main() {
     let rate = env_or("STEADY_RATE", 1_000);
     let steady_secs = env_or("STEADY_SECS", 15);
     let batch = env_or("DRAIN_BATCH", 2_000) as usize;
+    let parallel = env_or("DRAIN_PARALLEL", 2) as usize;
     let app = spawn_app().await;
 
     // 1. Backlog, then drain.
@@ -41,6 +42,7 @@ async fn main() {
     let args = ProjectorArgs {
         no_relay: true,
         batch_size: batch,
+        write_parallelism: parallel,
         block_ms: 500,
         claim_idle_ms: 30_000,
         ..ProjectorArgs::local("bench")
@@ -154,7 +156,7 @@ async fn main() {
         n as f64 / reserve_secs
     );
     println!(
-        "drain (projector):   {n} orders in {drain_secs:.2} s = {:.0} orders/s (batch {batch}, one transaction per batch)",
+        "drain (projector):   {n} orders in {drain_secs:.2} s = {:.0} orders/s (batch {batch}, written as {parallel} transactions side by side)",
         n as f64 / drain_secs,
     );
     println!(

@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, watch};
 use yoink_core::backoff::Backoff;
 use yoink_core::events::{Reserved, SaleEvent};
 use yoink_core::keys::PROJECTOR_GROUP;
+use yoink_core::ledger::{self, LedgerError};
 use yoink_core::scripts::{self, Fence, ReleaseOutcome};
 use yoink_core::{Keyspace, Position, RedisConn, SaleId, epochs, telemetry};
-use yoink_core::{ledger, rebuild, stream};
+use yoink_core::{rebuild, stream};
 
 use crate::ProjectorArgs;
 use crate::dead_letter::{GaveUp, dead_letter};
@@ -342,7 +343,7 @@ impl SaleProjector {
             .iter()
             .map(|(e, r)| (e.id.as_str(), *r))
             .collect();
-        match ledger::project(&self.pool, &batch).await {
+        match self.write(&batch).await {
             Ok((orders, holds)) => {
                 let new = orders + holds;
                 metrics::event("confirmed", orders);
@@ -381,6 +382,38 @@ impl SaleProjector {
             Err(err) => return Err(err.into()),
         }
         Ok(outcome)
+    }
+
+    /// Writes `batch` to the ledger in up to `--write-parallelism` transactions side
+    /// by side (each part at least `MIN_PART` entries). Ok once every part committed;
+    /// otherwise the first error, a refusal first: parts that committed meanwhile come
+    /// back as already decided when the batch is retried or isolated.
+    async fn write(&self, batch: &[(&str, &Reserved)]) -> Result<(u64, u64), LedgerError> {
+        const MIN_PART: usize = 256;
+        let parts = self
+            .args
+            .write_parallelism
+            .min(batch.len() / MIN_PART)
+            .max(1);
+        let written = futures::future::join_all(
+            batch
+                .chunks(batch.len().div_ceil(parts).max(1))
+                .map(|part| ledger::project(&self.pool, part)),
+        )
+        .await;
+        let mut total = (0, 0);
+        let mut failed: Option<LedgerError> = None;
+        for result in written {
+            match result {
+                Ok((orders, holds)) => {
+                    total.0 += orders;
+                    total.1 += holds;
+                }
+                Err(err) if err.is_refusal() || failed.is_none() => failed = Some(err),
+                Err(_) => {}
+            }
+        }
+        failed.map_or(Ok(total), Err)
     }
 
     /// Among reservations PostgreSQL had already decided (a redelivery), those it

@@ -39,6 +39,11 @@ pub struct ProjectorArgs {
     /// Entries read per XREADGROUP, projected in one transaction.
     #[arg(long, env = "YOINK_BATCH_SIZE", default_value_t = 2_000)]
     pub batch_size: usize,
+    /// Transactions a large batch is split into, written side by side on as many
+    /// connections (PostgreSQL inserts on one core per transaction); the batch is
+    /// acknowledged once all have committed. 1 writes each batch in one transaction.
+    #[arg(long, env = "YOINK_WRITE_PARALLELISM", default_value_t = 2)]
+    pub write_parallelism: usize,
     /// Milliseconds XREADGROUP blocks waiting for new entries.
     #[arg(long, env = "YOINK_BLOCK_MS", default_value_t = 1_000)]
     pub block_ms: u64,
@@ -133,6 +138,7 @@ impl ProjectorArgs {
             ));
         }
         if self.batch_size == 0
+            || self.write_parallelism == 0
             || self.max_deliveries == 0
             || self.relay.batch <= 0
             || self.fence_interval_ms == 0
@@ -140,8 +146,8 @@ impl ProjectorArgs {
             || self.expiry_batch == 0
         {
             return Err(
-                "--batch-size, --max-deliveries, --relay-batch, --fence-interval-ms, \
-                 --expiry-interval-ms and --expiry-batch must be > 0"
+                "--batch-size, --write-parallelism, --max-deliveries, --relay-batch, \
+                 --fence-interval-ms, --expiry-interval-ms and --expiry-batch must be > 0"
                     .into(),
             );
         }

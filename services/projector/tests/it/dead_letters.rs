@@ -380,3 +380,69 @@ async fn a_release_recorded_in_postgres_but_never_applied_in_redis_is_applied_on
         .expect("release again");
     assert_eq!(again, ReleaseOutcome::AlreadyReleased(3), "and only once");
 }
+
+/// One entry PostgreSQL refuses, in a batch written as transactions side by side: the
+/// parts that committed come back as decided when the batch is isolated, the refused
+/// entry alone is released, and every other reservation has exactly one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusal_in_a_batch_written_side_by_side_releases_only_that_entry() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("split-refusal", 2_000, 0).await;
+    app.db
+        .pool()
+        .get()
+        .await
+        .expect("connection")
+        .batch_execute(
+            "CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.user_id = 'refused' AND NEW.fate = 'confirmed' THEN
+                     RAISE EXCEPTION 'no orders for this buyer' USING ERRCODE = 'check_violation';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_user BEFORE INSERT ON reservation_fates
+                 FOR EACH ROW EXECUTE FUNCTION refuse_user();",
+        )
+        .await
+        .expect("the refusing trigger");
+    app.reserve_many(&sale, "early", 600).await;
+    let refused = reserve(&app, &sale, "refused", 1).await;
+    app.reserve_many(&sale, "late", 600).await;
+
+    let projector = app.projector_with(ProjectorArgs {
+        batch_size: 2_000,
+        write_parallelism: 2,
+        ..fast_args("split")
+    });
+    let released = yoink_testkit::eventually(Duration::from_secs(30), || async {
+        remaining(&app, &sale).await == 2_000 - 1_200
+    })
+    .await;
+    assert!(released, "the refused unit never came back");
+    assert!(app.wait_drained(&sale, Duration::from_secs(10)).await);
+    projector.stop().await;
+
+    assert_eq!(app.db.scalar("SELECT count(*) FROM orders").await, 1_200);
+    assert_eq!(
+        app.db
+            .scalar("SELECT count(DISTINCT reservation_id) FROM orders")
+            .await,
+        1_200
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT confirmed_units FROM sales WHERE sale_id = 'split-refusal'")
+            .await,
+        1_200,
+        "each order counted once"
+    );
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT count(*) FROM reservation_fates WHERE fate = 'released' AND reservation_id = '{refused}'"
+            ))
+            .await,
+        1
+    );
+}

@@ -166,3 +166,65 @@ async fn consumers_that_stayed_idle_with_nothing_pending_are_removed() {
         "the idle, empty consumer was not removed (or the live one was)"
     );
 }
+
+/// A batch split into transactions written side by side (`--write-parallelism`) still
+/// gives one order per reservation, counted once, and events the relay builds from
+/// the confirmed fates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_written_side_by_side_give_one_order_each_and_full_events() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("split", 10_000, 0).await;
+    app.reserve_many(&sale, "s", 5_000).await;
+
+    let projector = app.projector_with(yoink_projector::ProjectorArgs {
+        batch_size: 2_000,
+        write_parallelism: 3,
+        ..yoink_projector::ProjectorArgs::local("split")
+    });
+    assert!(
+        app.wait_drained(&sale, Duration::from_secs(60)).await,
+        "not drained: {:?}",
+        app.group_state(&sale).await
+    );
+    let published = yoink_testkit::eventually(Duration::from_secs(30), || async {
+        app.db
+            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    projector.stop().await;
+    assert!(published, "every outbox row is published");
+    assert_exactly_one_order_each(&app, &sale, 5_000).await;
+
+    let mut redis = app.redis.clone();
+    let events: redis::streams::StreamRangeReply = redis
+        .xrange_count(app.keys().order_events(), "-", "+", 1)
+        .await
+        .expect("xrange");
+    let payload: String = events.ids[0].get("payload").expect("payload");
+    let payload: serde_json::Value = serde_json::from_str(&payload).expect("json");
+    let reservation = payload["reservation_id"].as_str().expect("reservation_id");
+    let order_id: String = app
+        .db
+        .pool()
+        .get()
+        .await
+        .expect("db")
+        .query_one(
+            "SELECT order_id::text FROM orders WHERE reservation_id = $1::text::uuid",
+            &[&reservation],
+        )
+        .await
+        .expect("the event's order")
+        .get(0);
+    assert_eq!(payload["order_id"], order_id.as_str(), "{payload}");
+    assert!(
+        payload["user_id"]
+            .as_str()
+            .is_some_and(|u| u.starts_with('s')),
+        "{payload}"
+    );
+    assert_eq!(payload["quantity"], 1, "{payload}");
+    assert_eq!(payload["sale_id"], sale.as_str(), "{payload}");
+}
