@@ -167,7 +167,7 @@ async fn load_postgres(
                      || lpad(to_hex(n), 12, '0'))::uuid,
                     now()
              FROM generate_series(1, $3::bigint) n",
-            &params,
+            &params[..3],
         ),
     );
     f.expect("reservation_fates");
