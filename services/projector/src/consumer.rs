@@ -32,6 +32,7 @@ use crate::held::{self, Held};
 use crate::maintenance::Maintenance;
 use crate::metrics;
 use crate::reader::Reader;
+use crate::trim::Trim;
 
 /// What one pass over a batch decided.
 #[derive(Default)]
@@ -127,6 +128,14 @@ impl SaleProjector {
             self.redis.clone(),
             &self.args,
         );
+        let mut trim = Trim::new(
+            self.sale.clone(),
+            self.keys.clone(),
+            self.redis.clone(),
+            self.pool.clone(),
+            self.args.trim_batch,
+            Duration::from_millis(self.args.trim_interval_ms),
+        );
         let mut reclaim = tokio::time::interval(self.args.claim_interval());
         reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fence = tokio::time::interval(Duration::from_millis(self.args.fence_interval_ms));
@@ -154,6 +163,12 @@ impl SaleProjector {
                     if let Err(err) = self.maintain(&mut maintenance, &mut shutdown).await {
                         metrics::transient("redis");
                         tracing::warn!(sale_id = %self.sale, error = %err, "Reclaim failed.");
+                    }
+                    // Trimming waits for calmer times: a failed pass is retried on the
+                    // next, and keeps every entry meanwhile.
+                    if let Some(Err(err)) = trim.when_due().await {
+                        metrics::transient(err.kind());
+                        tracing::debug!(sale_id = %self.sale, error = %err, "Trim pass failed.");
                     }
                 },
                 _ = fence.tick(), if !stopping => {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod reader;
 pub mod relay;
 pub mod supervisor;
+pub mod trim;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -66,6 +67,13 @@ pub struct ProjectorArgs {
     /// (a suspended sale is rebuilt on the next check).
     #[arg(long, env = "YOINK_FENCE_INTERVAL_MS", default_value_t = 500)]
     pub fence_interval_ms: u64,
+    /// Most stream entries one trim pass removes from a sale's stream once PostgreSQL
+    /// has them (acknowledged, below its high-water mark); 0 never trims.
+    #[arg(long, env = "YOINK_TRIM_BATCH", default_value_t = 10_000)]
+    pub trim_batch: u64,
+    /// Milliseconds between trim passes of each sale's stream.
+    #[arg(long, env = "YOINK_TRIM_INTERVAL_MS", default_value_t = 5_000)]
+    pub trim_interval_ms: u64,
     /// Milliseconds between expiry sweeps of each sale with holds: a hold nobody
     /// confirmed is released at most about this long after its deadline.
     #[arg(long, env = "YOINK_EXPIRY_INTERVAL_MS", default_value_t = 200)]

@@ -39,6 +39,8 @@ pub const TASK_RESTARTS: &str = "yoink_projector_task_restarts_total";
 /// Dead-lettered reservations whose units could not be given back: Redis's record of
 /// the reservation was unreadable (the units stay taken until a repair).
 pub const UNRELEASABLE: &str = "yoink_projector_unreleasable_total";
+/// Stream entries trimmed because PostgreSQL has them (`trim.rs`), by sale.
+pub const TRIMMED: &str = "yoink_stream_trimmed_entries_total";
 
 /// How often the pool gauges are read from the pool.
 pub const POOL_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -129,6 +131,10 @@ pub fn describe() {
         UNRELEASABLE,
         "Dead-lettered reservations whose units could not be given back (Redis's record unreadable), by sale."
     );
+    describe_counter!(
+        TRIMMED,
+        "Stream entries removed from Redis because PostgreSQL has them (acknowledged, below its high-water mark), by sale."
+    );
 }
 
 /// Creates the projector's series with no sale label at zero.
@@ -155,6 +161,7 @@ pub fn register_sale(sale: &yoink_core::SaleId) {
         RELEASED_UNITS,
         UNRELEASABLE,
         TASK_RESTARTS,
+        TRIMMED,
         rebuild::RECOVERIES,
     ] {
         metrics::counter!(name, "sale" => sale.clone()).increment(0);
@@ -217,6 +224,10 @@ pub fn task_restarted(sale: &yoink_core::SaleId) {
 
 pub fn unreleasable(sale: &yoink_core::SaleId) {
     metrics::counter!(UNRELEASABLE, "sale" => sale.to_string()).increment(1);
+}
+
+pub fn trimmed(sale: &yoink_core::SaleId, entries: u64) {
+    metrics::counter!(TRIMMED, "sale" => sale.to_string()).increment(entries);
 }
 
 #[cfg(test)]

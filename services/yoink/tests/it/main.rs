@@ -12,6 +12,7 @@ mod reconcile;
 mod rollback;
 mod sales;
 mod start_order;
+mod trim;
 
 pub const YOINK: &str = env!("CARGO_BIN_EXE_yoink");
 

@@ -12,7 +12,7 @@ use yoink_testkit::{AppOptions, PrivateRedis, TestApp, spawn_app, spawn_app_with
 
 use crate::{YOINK, signal};
 
-fn reconcile(app: &TestApp, extra: &[&str]) -> (i32, Vec<Value>, String) {
+pub(crate) fn reconcile(app: &TestApp, extra: &[&str]) -> (i32, Vec<Value>, String) {
     let Output {
         status,
         stdout,
