@@ -126,10 +126,11 @@ impl ApiError {
         match self {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminDisabled | CheckoutDisabled | SaleClosed => StatusCode::FORBIDDEN,
+            AdminDisabled | CheckoutDisabled => StatusCode::FORBIDDEN,
             NotFound | UnknownSale | UnknownReservation => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             SoldOut
+            | SaleClosed
             | SaleExists
             | NotAHold
             | HoldExpired
@@ -360,7 +361,7 @@ mod tests {
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::AdminDisabled, 403, "admin_disabled"),
             (ApiError::CheckoutDisabled, 403, "checkout_disabled"),
-            (ApiError::SaleClosed, 403, "sale_closed"),
+            (ApiError::SaleClosed, 409, "sale_closed"),
             (ApiError::UnknownSale, 404, "unknown_sale"),
             (ApiError::UnknownReservation, 404, "unknown_reservation"),
             (ApiError::SoldOut, 409, "sold_out"),

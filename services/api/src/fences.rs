@@ -9,14 +9,20 @@
 //! 202 and lost with Redis before any projector saw them are counted, not silent.
 //! A floor only ever rises; nothing here touches the `/buy` path beyond two short
 //! lock sections.
+//!
+//! An archived sale (`yoink sale archive`) has no floor: its Redis state was removed on
+//! purpose, and checking it against a floor would suspend it (a key under its emptied
+//! tag) for a projector to rebuild. Archives are read from PostgreSQL on each refresh,
+//! and `/buy` answers `sale_closed` for them without asking Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use yoink_core::scripts::{self, Fence};
-use yoink_core::{Position, SaleId, epochs, telemetry};
+use yoink_core::{Position, SaleId, archive, epochs, telemetry};
 
 use crate::state::AppState;
 
@@ -34,27 +40,68 @@ struct Known {
 /// replies and from PostgreSQL).
 #[derive(Debug, Default)]
 pub struct Fences {
-    known: Mutex<HashMap<SaleId, Known>>,
+    watched: Mutex<Watched>,
+    /// The newest `archived_at` read (epoch ms): the next refresh reads from there.
+    archives_read_ms: AtomicI64,
+}
+
+/// Re-read this much before the newest archive seen: `archived_at` is its
+/// transaction's start, so an archive may commit after a later one was read.
+const ARCHIVE_OVERLAP_MS: i64 = 60_000;
+
+/// Behind one lock, so `/buy` learns both in one section.
+#[derive(Debug, Default)]
+struct Watched {
+    known: HashMap<SaleId, Known>,
+    archived: HashSet<SaleId>,
 }
 
 impl Fences {
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<SaleId, Known>> {
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
         // A panic while holding this lock cannot leave a floor half-written (each
         // update is one assignment), so a poisoned map is still right.
-        self.known
+        self.watched
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The floor to pass with a reserve call for `sale`.
-    pub fn floor(&self, sale: &SaleId) -> Position {
-        self.known().get(sale).map_or(Position::ZERO, |k| k.floor)
+    /// The floor of `sale` (0.0 when archived or unknown).
+    #[cfg(test)]
+    fn floor(&self, sale: &SaleId) -> Position {
+        self.watched()
+            .known
+            .get(sale)
+            .map_or(Position::ZERO, |k| k.floor)
+    }
+
+    /// The floor for a reserve call, or `None` when the sale was archived (no reserve
+    /// call at all: Redis holds nothing of it and must not get anything back). One
+    /// lock section.
+    pub fn floor_unless_archived(&self, sale: &SaleId) -> Option<Position> {
+        let watched = self.watched();
+        if watched.archived.contains(sale) {
+            return None;
+        }
+        Some(watched.known.get(sale).map_or(Position::ZERO, |k| k.floor))
+    }
+
+    /// These sales were archived: their floors are forgotten, for good.
+    fn archived(&self, sales: &[(SaleId, i64)]) {
+        if let Some(newest) = sales.iter().map(|(_, at)| *at).max() {
+            self.archives_read_ms.fetch_max(newest, Ordering::Relaxed);
+        }
+        let mut watched = self.watched();
+        for (sale, _) in sales {
+            watched.known.remove(sale);
+            watched.archived.insert(sale.clone());
+        }
     }
 
     /// Redis answered with `position` for `sale`: it has been there. True the first
     /// time this instance hears of `sale`.
     pub fn saw(&self, sale: &SaleId, position: Position) -> bool {
-        let mut known = self.known();
+        let mut watched = self.watched();
+        let known = &mut watched.known;
         if let Some(k) = known.get_mut(sale) {
             k.seen = k.seen.max(position);
             k.floor = k.floor.max(position);
@@ -73,13 +120,17 @@ impl Fences {
 
     /// PostgreSQL says Redis reached `floor` for `sale`.
     fn raise(&self, sale: SaleId, floor: Position) {
-        let mut known = self.known();
-        let k = known.entry(sale).or_default();
+        let mut watched = self.watched();
+        if watched.archived.contains(&sale) {
+            return;
+        }
+        let k = watched.known.entry(sale).or_default();
         k.floor = k.floor.max(floor);
     }
 
     fn unflushed(&self) -> Vec<(SaleId, Position)> {
-        self.known()
+        self.watched()
+            .known
             .iter()
             .filter(|(_, k)| k.seen > k.flushed)
             .map(|(s, k)| (s.clone(), k.seen))
@@ -87,7 +138,8 @@ impl Fences {
     }
 
     fn flushed(&self, written: &[(SaleId, Position)]) {
-        let mut known = self.known();
+        let mut watched = self.watched();
+        let known = &mut watched.known;
         for (sale, position) in written {
             if let Some(k) = known.get_mut(sale) {
                 k.flushed = k.flushed.max(*position);
@@ -96,7 +148,8 @@ impl Fences {
     }
 
     fn floors(&self) -> Vec<(SaleId, Position)> {
-        self.known()
+        self.watched()
+            .known
             .iter()
             .map(|(s, k)| (s.clone(), k.floor))
             .collect()
@@ -107,6 +160,12 @@ impl Fences {
 /// sales read on the way keep the sale index complete (`sale_index`).
 pub async fn refresh(state: &AppState) -> Result<(), String> {
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    // Archives first: a floor of an archived sale is never raised again.
+    let since = state.fences.archives_read_ms.load(Ordering::Relaxed) - ARCHIVE_OVERLAP_MS;
+    let archived = archive::archived_since(&client, since.max(0))
+        .await
+        .map_err(|e| e.to_string())?;
+    state.fences.archived(&archived);
     let floors = epochs::active_floors(&client)
         .await
         .map_err(|e| e.to_string())?;
@@ -190,6 +249,24 @@ mod tests {
         fences.raise(sale("s"), Position::new(2, 0));
         assert_eq!(fences.floor(&sale("s")), Position::new(2, 0));
         assert_eq!(fences.floor(&sale("other")), Position::ZERO);
+    }
+
+    #[test]
+    fn an_archived_sale_has_no_floor_and_never_gets_one_back() {
+        let fences = Fences::default();
+        fences.saw(&sale("s"), Position::new(1, 10));
+        fences.archived(&[(sale("s"), 1_000)]);
+        assert_eq!(fences.floor_unless_archived(&sale("s")), None);
+        assert!(
+            fences.floors().is_empty(),
+            "never checked against Redis again"
+        );
+        fences.raise(sale("s"), Position::new(1, 12));
+        assert_eq!(fences.floor_unless_archived(&sale("s")), None);
+        assert_eq!(
+            fences.floor_unless_archived(&sale("other")),
+            Some(Position::ZERO)
+        );
     }
 
     #[test]

@@ -13,8 +13,10 @@ use crate::ids::SaleId;
 use crate::position::Position;
 
 /// Sales still worth watching: not ended, or ended within the last hour (a sale's
-/// last buys and their projection finish after its end).
-const ACTIVE_SALES: &str = "(s.ends_at IS NULL OR s.ends_at > now() - interval '1 hour')";
+/// last buys and their projection finish after its end), and never archived (Redis
+/// holds nothing of those, on purpose).
+const ACTIVE_SALES: &str =
+    "(s.archived_at IS NULL AND (s.ends_at IS NULL OR s.ends_at > now() - interval '1 hour'))";
 
 /// The floor of one sale as a lateral subquery over `s.sale_id`.
 const FLOOR_OF_SALE: &str = "

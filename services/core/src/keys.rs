@@ -28,7 +28,38 @@ impl Keyspace {
     }
 
     fn sale_key(&self, sale: &SaleId, suffix: &str) -> String {
-        format!("{}{{sale:{}}}:{}", self.prefix, sale.as_str(), suffix)
+        format!("{}:{}", self.sale_tag(sale), suffix)
+    }
+
+    /// The prefix and hash tag every key of `sale` starts with: `{prefix}{sale:ID}`.
+    /// `SCAN MATCH` on it (glob characters escaped) finds every key of the sale.
+    pub fn sale_tag(&self, sale: &SaleId) -> String {
+        format!("{}{{sale:{}}}", self.prefix, sale.as_str())
+    }
+
+    /// Every key a sale can have, staged rebuild copies included: what archiving a sale
+    /// removes. A new per-sale key must be added here.
+    pub fn all_of_sale(&self, sale: &SaleId) -> Vec<String> {
+        let mut all = vec![
+            self.meta(sale),
+            self.stock(sale),
+            self.buyers(sale),
+            self.idempotency(sale),
+            self.reservations(sale),
+            self.events(sale),
+            self.holds(sale),
+            self.dead_letters(sale),
+            self.dead_letter_replays(sale),
+        ];
+        for staged in [
+            self.buyers(sale),
+            self.idempotency(sale),
+            self.reservations(sale),
+            self.holds(sale),
+        ] {
+            all.push(self.staged(&staged));
+        }
+        all
     }
 
     /// Hash: `initial`, `limit`, `starts_at_ms`, `ends_at_ms`, `reserved`, `released`,
@@ -134,9 +165,9 @@ mod tests {
                 ks.holds(&sale),
                 ks.staged(&ks.holds(&sale)),
             ];
-            for key in &keys {
+            for key in keys.iter().chain(&ks.all_of_sale(&sale)) {
                 assert_eq!(hash_tag(key), "sale:s-1", "{key}");
-                assert!(key.starts_with(ks.prefix()));
+                assert!(key.starts_with(&ks.sale_tag(&sale)));
             }
         }
     }
@@ -148,5 +179,29 @@ mod tests {
         assert_eq!(ks.stock(&sale), "{sale:s1}:stock");
         assert_eq!(ks.events(&sale), "{sale:s1}:events");
         assert_eq!(ks.sales_registry(), "yoink:sales");
+    }
+
+    #[test]
+    fn the_keys_an_archive_removes_are_every_documented_key_of_the_sale() {
+        let sale = SaleId::parse("s1").expect("valid id");
+        let all = Keyspace::default().all_of_sale(&sale);
+        for suffix in [
+            "meta",
+            "stock",
+            "buyers",
+            "idem",
+            "reservations",
+            "events",
+            "holds",
+            "dead",
+            "dead:replays",
+            "buyers:rebuild",
+            "idem:rebuild",
+            "reservations:rebuild",
+            "holds:rebuild",
+        ] {
+            assert!(all.contains(&format!("{{sale:s1}}:{suffix}")), "{suffix}");
+        }
+        assert_eq!(all.len(), 13);
     }
 }

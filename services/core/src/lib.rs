@@ -16,6 +16,7 @@
 //! It holds no HTTP, no CLI and no process-wide state of its own (the metrics recorder
 //! aside): services pass it their parsed configuration and their connections.
 
+pub mod archive;
 pub mod backoff;
 pub mod config;
 pub mod db;

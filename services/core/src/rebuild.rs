@@ -61,6 +61,9 @@ pub enum RecoveryError {
     /// The sale was suspended again (or Redis restarted) while it was being rebuilt.
     #[error("the sale was suspended again during its rebuild")]
     SuspendedAgain,
+    /// The sale was archived: PostgreSQL alone holds it, Redis must not get it back.
+    #[error("sale {0} is archived: PostgreSQL alone holds it, it is never rebuilt in Redis")]
+    Archived(SaleId),
 }
 
 impl From<tokio_postgres::Error> for RecoveryError {
@@ -114,6 +117,9 @@ pub async fn recover(
     who: &str,
 ) -> Result<Outcome, RecoveryError> {
     let lock = pool.get().await?;
+    if crate::archive::is_archived(&lock, sale).await? {
+        return Err(RecoveryError::Archived(sale.clone()));
+    }
     let locked: bool = lock.query_one(TRY_LOCK, &[&sale.as_str()]).await?.get(0);
     if !locked {
         return Ok(Outcome::Busy);

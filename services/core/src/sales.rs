@@ -153,6 +153,10 @@ pub async fn create_sale(
         )
         .await?
         .is_some();
+    // An archived sale is PostgreSQL's alone: never registered or created in Redis again.
+    if !inserted && crate::archive::is_archived(&db, &sale.sale_id).await? {
+        return Err(SaleError::Exists);
+    }
     // Registered now, before anything below can fail or answer "exists": a retry of a
     // creation whose registration failed registers it, so a sale that takes buys is
     // always one the projectors find.
@@ -250,7 +254,8 @@ pub async fn terms_from_db(
     }))
 }
 
-/// `GET /sales/{id}`: live figures from Redis, decided figures from PostgreSQL.
+/// `GET /sales/{id}`: live figures from Redis, decided figures from PostgreSQL; an
+/// archived sale's figures from PostgreSQL alone (Redis holds nothing of it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SaleView {
     pub sale_id: SaleId,
@@ -270,9 +275,11 @@ pub struct SaleView {
     pub max_hold_seconds: i64,
     /// Units held for payment right now (PostgreSQL's holds not decided yet).
     pub held: i64,
-    /// `open`, or `recovering` while buys are suspended until Redis is rebuilt from
-    /// PostgreSQL (Redis went back in time).
+    /// `open`, `recovering` while buys are suspended until Redis is rebuilt from
+    /// PostgreSQL (Redis went back in time), or `archived`.
     pub status: &'static str,
+    /// The sale was archived (`yoink sale archive`): PostgreSQL alone holds it.
+    pub archived: bool,
 }
 
 pub async fn view_sale(
@@ -281,20 +288,28 @@ pub async fn view_sale(
     pool: &Pool,
     sale: &SaleId,
 ) -> Result<SaleView, SaleError> {
+    // Redis first: a live sale costs PostgreSQL nothing more than before. Only a sale
+    // Redis does not hold is looked up as an archive.
     let snapshot = match scripts::sale_snapshot(redis, keys, sale).await? {
         SaleInRedis::Present(snapshot) => snapshot,
-        SaleInRedis::SuspendedEmpty => return Err(SaleError::Recovering),
-        SaleInRedis::Missing => return Err(SaleError::Unknown),
+        missing => {
+            return match archived_view(pool, sale).await? {
+                Some(view) => Ok(view),
+                None if missing == SaleInRedis::SuspendedEmpty => Err(SaleError::Recovering),
+                None => Err(SaleError::Unknown),
+            };
+        }
     };
     let db = pool.get().await?;
-    let (confirmed, released) = db
+    let (confirmed, released, archived) = db
         .query_opt(
-            "SELECT confirmed_units, released_units FROM sales WHERE sale_id = $1",
+            "SELECT confirmed_units, released_units, archived_at IS NOT NULL
+             FROM sales WHERE sale_id = $1",
             &[&sale.as_str()],
         )
         .await?
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap_or((0, 0));
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap_or((0, 0, false));
     let held = if snapshot.terms.hold_seconds > 0 {
         holds::held_units(&db, sale).await?
     } else {
@@ -311,12 +326,55 @@ pub async fn view_sale(
         hold_seconds: snapshot.terms.hold_seconds,
         max_hold_seconds: snapshot.terms.max_hold_seconds,
         held,
-        status: if snapshot.suspended {
+        status: if archived {
+            "archived"
+        } else if snapshot.suspended {
             "recovering"
         } else {
             "open"
         },
+        archived,
     })
+}
+
+/// An archived sale as PostgreSQL holds it, with the figures Redis showed before the
+/// archive: a sale is archived only once drained and reconciled, so every unit taken
+/// was decided (`reserved` = confirmed + released) and every unit not confirmed or
+/// held is back on sale (`remaining`). `None` when the sale is not archived.
+pub async fn archived_view(pool: &Pool, sale: &SaleId) -> Result<Option<SaleView>, SaleError> {
+    let db = pool.get().await?;
+    let Some(r) = db
+        .query_opt(
+            "SELECT initial_stock, limit_per_user, hold_seconds, max_hold_seconds,
+                    confirmed_units, released_units
+             FROM sales WHERE sale_id = $1 AND archived_at IS NOT NULL",
+            &[&sale.as_str()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (initial_stock, confirmed, released): (i64, i64, i64) = (r.get(0), r.get(4), r.get(5));
+    let hold_seconds: i64 = r.get(2);
+    let held = if hold_seconds > 0 {
+        holds::held_units(&db, sale).await?
+    } else {
+        0
+    };
+    Ok(Some(SaleView {
+        sale_id: sale.clone(),
+        initial_stock,
+        remaining: initial_stock - confirmed - held,
+        reserved: confirmed + released + held,
+        released,
+        confirmed,
+        limit_per_user: r.get(1),
+        hold_seconds,
+        max_hold_seconds: r.get(3),
+        held,
+        status: "archived",
+        archived: true,
+    }))
 }
 
 /// Parses a sale time given as RFC 3339 (`2026-11-25T12:00:00Z`) or epoch

@@ -70,7 +70,7 @@ pub enum ReserveError {
     /// 404 unknown_sale
     #[error("no such sale")]
     UnknownSale,
-    /// 403 sale_closed
+    /// 409 sale_closed
     #[error("the sale is not open")]
     SaleClosed,
     /// 429 limit_exceeded

@@ -328,7 +328,12 @@ pub async fn run(
                         let stop = stop_rx.clone();
                         move || project_sale(shared.clone(), sale.clone(), stop.clone())
                     };
-                    tasks.spawn(supervisor::supervise(sale, start, stop_rx.clone()));
+                    tasks.spawn(supervisor::supervise_sale(
+                        sale,
+                        pool.clone(),
+                        start,
+                        stop_rx.clone(),
+                    ));
                 }
             }
             Err(err) => {

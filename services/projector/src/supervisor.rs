@@ -6,6 +6,12 @@
 //! What a panicked task held stays pending under this consumer's name and is reclaimed
 //! by the next run. Never restart once shutdown was asked for, and never let a panic
 //! pass without an error log.
+//!
+//! An archived sale (`yoink sale archive`) has no Redis state left and must never get
+//! any back: `supervise_sale` does not start its task, and stops a running one within
+//! `ARCHIVED_POLL` of PostgreSQL recording the archive (before the archive removes the
+//! keys: it waits longer than that), so the task's fence never suspends the emptied
+//! sale and no rebuild brings it back.
 
 use std::any::Any;
 use std::future::Future;
@@ -18,6 +24,52 @@ use yoink_core::SaleId;
 use yoink_core::backoff::Backoff;
 
 use crate::metrics;
+
+/// How often a sale's supervisor asks PostgreSQL whether the sale was archived.
+pub const ARCHIVED_POLL: Duration = Duration::from_millis(500);
+
+/// `supervise`, for as long as the sale is not archived: PostgreSQL is asked before
+/// the first run and every `ARCHIVED_POLL`; once it says archived, the task is stopped
+/// (aborted: an archived sale was drained, there is nothing in hand) and never
+/// restarted. A PostgreSQL that does not answer changes nothing: the task runs on.
+pub async fn supervise_sale<F, Fut>(
+    sale: SaleId,
+    pool: deadpool_postgres::Pool,
+    start: F,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if archived(&pool, &sale).await {
+        tracing::info!(sale_id = %sale, "Sale archived: PostgreSQL alone holds it; not projecting it.");
+        return;
+    }
+    let supervised = supervise(sale.clone(), start, shutdown);
+    tokio::pin!(supervised);
+    let mut poll = tokio::time::interval(ARCHIVED_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut supervised => return,
+            _ = poll.tick() => {
+                if archived(&pool, &sale).await {
+                    tracing::info!(sale_id = %sale, "Sale archived: its projector task stops.");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn archived(pool: &deadpool_postgres::Pool, sale: &SaleId) -> bool {
+    match pool.get().await {
+        Ok(client) => yoink_core::archive::is_archived(&client, sale)
+            .await
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
 
 /// A run that lasted this long was healthy: the next panic waits the shortest backoff
 /// again rather than the longest.

@@ -8,6 +8,7 @@
 //! `--watch`. Reading the stores is `stores`/`snapshot`, the arithmetic and its
 //! rendering `report`, the fixes `repair`.
 
+pub mod archived;
 pub mod error;
 pub mod exported;
 pub mod repair;

@@ -90,6 +90,14 @@ pub enum Status {
     DataLost,
     /// More units confirmed than the sale ever had. Always flagged.
     Oversold,
+    /// Archived (`yoink sale archive`): checked from PostgreSQL alone, and its books
+    /// balance (counters equal the fates, no hold waiting, nothing lost, no Redis key
+    /// left).
+    Archived,
+    /// Archived, and its books do not balance (the report says why). Flagged; never
+    /// repaired here: a repair would rebuild its Redis state. Keys left under its tag
+    /// go with `yoink sale archive --id ID --yes` again.
+    ArchiveUnbalanced,
 }
 
 impl Status {
@@ -106,6 +114,7 @@ impl Status {
                 | Status::HoldsOverdue
                 | Status::DataLost
                 | Status::Oversold
+                | Status::ArchiveUnbalanced
         )
     }
 }
@@ -146,6 +155,96 @@ pub struct SaleReport {
     pub divergence: Divergence,
     pub redis: RedisSide,
     pub postgres: PostgresSide,
+    /// An archived sale: what PostgreSQL holds of it (its Redis side is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived: Option<ArchivedBooks>,
+}
+
+/// An archived sale's books, from PostgreSQL alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ArchivedBooks {
+    /// `sales.confirmed_units` and `sales.released_units`, the counters kept with each
+    /// decision: they must equal the sums of the fates (`postgres.confirmed_units`,
+    /// `postgres.released_units`).
+    pub confirmed_counter: i64,
+    pub released_counter: i64,
+    /// Units unsold when it was archived: initial − confirmed.
+    pub remaining: i64,
+    /// Keys of the sale still in Redis (a run stopped half-way, or a stray
+    /// suspension), of those `keys.rs` names: `yoink sale archive --yes` again removes
+    /// them (and any other under its tag).
+    pub redis_keys_left: u64,
+    /// Why the books do not balance (empty: they do).
+    pub issues: Vec<String>,
+}
+
+impl SaleReport {
+    /// An archived sale, judged from PostgreSQL alone: `Archived` when its books
+    /// balance, `ArchiveUnbalanced` (flagged, not repairable) otherwise, `Oversold`
+    /// above all.
+    pub fn archived(
+        sale_id: &SaleId,
+        redis: RedisSide,
+        postgres: PostgresSide,
+        mut books: ArchivedBooks,
+    ) -> Self {
+        if books.confirmed_counter != postgres.confirmed_units {
+            books.issues.push(format!(
+                "confirmed_units counter {} but orders hold {} units",
+                books.confirmed_counter, postgres.confirmed_units
+            ));
+        }
+        if books.released_counter != postgres.released_units {
+            books.issues.push(format!(
+                "released_units counter {} but released fates hold {} units",
+                books.released_counter, postgres.released_units
+            ));
+        }
+        if postgres.held_units > 0 {
+            books
+                .issues
+                .push(format!("{} units still in holds", postgres.held_units));
+        }
+        if postgres.lost_reservations > 0 {
+            books.issues.push(format!(
+                "{} reservations were lost with Redis",
+                postgres.lost_reservations
+            ));
+        }
+        if books.redis_keys_left > 0 {
+            books.issues.push(format!(
+                "{} Redis keys left under its tag",
+                books.redis_keys_left
+            ));
+        }
+        let oversold_units = (postgres.confirmed_units - postgres.initial_stock).max(0);
+        let status = if oversold_units > 0 {
+            Status::Oversold
+        } else if books.issues.is_empty() {
+            Status::Archived
+        } else {
+            Status::ArchiveUnbalanced
+        };
+        Self {
+            sale_id: sale_id.clone(),
+            status,
+            initial_stock: postgres.initial_stock,
+            oversold_units,
+            in_flight_units: 0,
+            pending_release_units: 0,
+            held_units: postgres.held_units,
+            overdue_holds: postgres.overdue_holds,
+            overdue_hold_units: postgres.overdue_hold_units,
+            divergence: Divergence {
+                lost_units: 0,
+                phantom_units: 0,
+                redis_self_diff: 0,
+            },
+            redis,
+            postgres,
+            archived: Some(books),
+        }
+    }
 }
 
 impl SaleReport {
@@ -206,6 +305,7 @@ impl SaleReport {
             divergence,
             redis,
             postgres,
+            archived: None,
         }
     }
 
@@ -294,6 +394,29 @@ pub fn render(
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
+        if let Some(books) = &r.archived {
+            writeln!(
+                out,
+                "{:<24} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
+                r.sale_id,
+                status,
+                r.initial_stock,
+                books.remaining,
+                r.postgres.confirmed_units,
+                r.postgres.released_units,
+                r.held_units,
+                0,
+                0,
+                0,
+                r.oversold_units,
+                "-",
+                "-"
+            )?;
+            for issue in &books.issues {
+                writeln!(out, "  ! archived sale: {issue}")?;
+            }
+            continue;
+        }
         writeln!(
             out,
             "{:<24} {:<13} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}",
@@ -400,6 +523,27 @@ mod tests {
             overdue_hold_units: overdue,
             ..pg(initial, confirmed, released)
         }
+    }
+
+    #[test]
+    fn an_archived_sale_balances_from_postgresql_alone() {
+        let books = |confirmed, released, keys| ArchivedBooks {
+            confirmed_counter: confirmed,
+            released_counter: released,
+            remaining: 0,
+            redis_keys_left: keys,
+            issues: Vec::new(),
+        };
+        let gone = RedisSide::default();
+        let r = SaleReport::archived(&sale(), gone.clone(), pg(500, 480, 20), books(480, 20, 0));
+        assert_eq!(r.status, Status::Archived);
+        assert!(!r.status.is_flagged() && !r.status.is_repairable());
+        let r = SaleReport::archived(&sale(), gone.clone(), pg(500, 480, 20), books(481, 20, 0));
+        assert_eq!(r.status, Status::ArchiveUnbalanced);
+        assert!(r.status.is_flagged() && !r.status.is_repairable());
+        let r = SaleReport::archived(&sale(), gone, pg(500, 480, 20), books(480, 20, 2));
+        assert_eq!(r.status, Status::ArchiveUnbalanced);
+        assert!(r.archived.expect("books").issues[0].contains("2 Redis keys"));
     }
 
     #[test]

@@ -75,6 +75,12 @@ impl Stores {
         &mut self,
         sale: &SaleId,
     ) -> Result<(SaleReport, snapshot::RedisSnapshot), ReconcileError> {
+        // An archived sale is PostgreSQL's alone: never fenced (that would write a key
+        // under its emptied tag, and a projector would rebuild it).
+        if yoink_core::archive::is_archived(&self.pool.get().await?, sale).await? {
+            let report = crate::archived::measure(self, sale).await?;
+            return Ok((report, snapshot::RedisSnapshot::default()));
+        }
         let mut redis_snapshot =
             snapshot::redis_snapshot(&mut self.redis, &self.keys, sale).await?;
         let postgres =

@@ -73,9 +73,10 @@ enum Command {
         )]
         metrics_listen: String,
     },
-    /// Compare Redis with PostgreSQL; exit 0 consistent, 1 diverged, oversold, recovering,
-    /// data lost or holds overdue, 2 a store could not be read, 3 no such sale, 64 a wrong
-    /// command line.
+    /// Compare Redis with PostgreSQL (an archived sale: PostgreSQL alone); exit 0
+    /// consistent or archived, 1 diverged, oversold, recovering, data lost, holds overdue
+    /// or an archived sale's books unbalanced, 2 a store could not be read, 3 no such
+    /// sale, 64 a wrong command line.
     Reconcile {
         #[command(flatten)]
         args: ReconcileArgs,
@@ -126,6 +127,19 @@ enum Command {
 enum SaleCommand {
     /// Create a sale (never resets an existing sale's stock).
     Create(CreateSaleArgs),
+    /// Close a sale now: buys then answer `sale_closed`. Idempotent; a sale that has not
+    /// started is closed too. Exit 0 done (or ended already), 2 a store could not be
+    /// reached, 3 no such sale.
+    End {
+        /// The sale to close.
+        #[arg(long, env = "YOINK_SALE_ID")]
+        id: String,
+    },
+    /// Archive an ended, drained, reconciled sale: PostgreSQL keeps it, every Redis key
+    /// of it goes. Prints the plan; changes nothing without --yes. Exit 0 done (or plan
+    /// printed), 1 refused (the reasons are printed), 2 a store could not be reached, 3
+    /// no such sale.
+    Archive(yoink_reconciler::archived::ArchiveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +246,25 @@ async fn main() {
         Command::Sale {
             command: SaleCommand::Create(args),
         } => create_sale(&cli.stores, args).await,
+        Command::Sale {
+            command: SaleCommand::End { id },
+        } => {
+            migrate_or_exit(&cli.stores).await;
+            exit_with(
+                yoink_reconciler::archived::end(&cli.stores, &id, &mut std::io::stdout()).await,
+                yoink_reconciler::archived::SaleCommandError::exit_code,
+            )
+        }
+        Command::Sale {
+            command: SaleCommand::Archive(args),
+        } => {
+            migrate_or_exit(&cli.stores).await;
+            exit_with(
+                yoink_reconciler::archived::archive(&cli.stores, &args, &mut std::io::stdout())
+                    .await,
+                yoink_reconciler::archived::SaleCommandError::exit_code,
+            )
+        }
         Command::Demo { args } => demo(&cli.stores, &args).await,
         Command::Bench { args } => yoink_bench::run(&cli.stores, &args)
             .await
@@ -241,6 +274,15 @@ async fn main() {
     if let Err(err) = outcome {
         eprintln!("Error: {}", one_line(err.as_ref()));
         std::process::exit(1);
+    }
+}
+
+/// Migrates, or ends the process with exit code 2 (a store could not be reached), the
+/// code the sale commands document for it.
+async fn migrate_or_exit(stores: &StoreArgs) {
+    if let Err(err) = migrate(stores).await {
+        eprintln!("Error: {}", one_line(err.as_ref()));
+        std::process::exit(yoink_reconciler::error::exit::STORE);
     }
 }
 

@@ -122,6 +122,12 @@ async fn reserve(
     buy: &BuyRequest,
     idempotency_key: Option<&str>,
 ) -> Result<scripts::Reservation, ApiError> {
+    // An archived sale: Redis holds nothing of it and must not get anything back (a
+    // reserve call would find it below its floor and suspend it), so nothing is taken,
+    // whatever the Idempotency-Key.
+    let Some(floor) = state.fences.floor_unless_archived(&buy.sale_id) else {
+        return Err(ApiError::SaleClosed);
+    };
     // A buy with an Idempotency-Key may be the retry of a 202: only Redis knows.
     if idempotency_key.is_none() && state.sold_out.refuses(&buy.sale_id, buy.quantity) {
         metrics::counter!(SOLD_OUT_LOCAL).increment(1);
@@ -141,7 +147,7 @@ async fn reserve(
         user_id: &buy.user_id,
         quantity: buy.quantity,
         idempotency_key,
-        floor: state.fences.floor(&buy.sale_id),
+        floor,
     };
     let (result, first_reply_lost) = reserve_retrying_lost_replies(state, &request).await;
     match &result {

@@ -8,7 +8,9 @@
 //! sales: only the sales the id's tag names (`sale_index`, usually one) are asked, one
 //! `HGET` each (and one `ZSCORE` for the deadline of a reservation found there); an id
 //! without a tag (v7, made before tags) is PostgreSQL's alone. This costs the hot `/buy`
-//! path nothing.
+//! path nothing. A reservation of an archived sale (`yoink sale archive`: decided, and
+//! Redis holds nothing of it) is answered by PostgreSQL like any other, marked
+//! `archived`.
 
 use futures::future::join_all;
 use hyper::StatusCode;
@@ -40,6 +42,8 @@ pub struct ReservationView {
     /// A hold's deadline, while it waits for a decision.
     #[serde(flatten)]
     expires: Option<ExpiresAt>,
+    /// Its sale was archived: PostgreSQL alone holds it.
+    archived: bool,
 }
 
 impl ReservationView {
@@ -64,6 +68,7 @@ impl ReservationView {
             order_id: hold.order_id.filter(|_| hold.state == HoldState::Confirmed),
             reason,
             expires,
+            archived: false,
         }
     }
 }
@@ -87,9 +92,11 @@ async fn decided(state: &AppState, id: ReservationId) -> Result<Option<Reservati
     let row = db
         .query_opt(
             "SELECT f.sale_id, f.user_id, f.quantity, f.fate, f.reason, o.order_id,
-                    (extract(epoch FROM f.reserved_at) * 1000)::bigint
+                    (extract(epoch FROM f.reserved_at) * 1000)::bigint,
+                    s.archived_at IS NOT NULL
              FROM reservation_fates f
              LEFT JOIN orders o ON o.reservation_id = f.reservation_id
+             LEFT JOIN sales s ON s.sale_id = f.sale_id
              WHERE f.reservation_id = $1",
             &[&id.as_uuid()],
         )
@@ -115,6 +122,7 @@ async fn decided(state: &AppState, id: ReservationId) -> Result<Option<Reservati
             order_id: r.get(5),
             reason: r.get(4),
             expires: None,
+            archived: r.get::<_, Option<bool>>(7).unwrap_or(false),
         }
     }))
 }
@@ -169,6 +177,7 @@ async fn undecided(
             order_id: None,
             reason: None,
             expires,
+            archived: false,
         }));
     }
     Ok(None)

@@ -35,7 +35,7 @@ async fn creating_an_existing_sale_answers_409_and_keeps_its_stock() {
 }
 
 #[tokio::test]
-async fn a_sale_outside_its_window_answers_403_sale_closed() {
+async fn a_sale_outside_its_window_answers_409_sale_closed() {
     let app = spawn_app_with(AppOptions {
         admin_token: Some("tok".into()),
         ..AppOptions::default()
@@ -56,7 +56,7 @@ async fn a_sale_outside_its_window_answers_403_sale_closed() {
         let (status, body) = app.buy(id, "u", 1).await;
         assert_eq!(
             (status, body["error"].as_str()),
-            (403, Some("sale_closed")),
+            (409, Some("sale_closed")),
             "{id}"
         );
     }

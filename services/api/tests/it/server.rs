@@ -99,7 +99,9 @@ async fn reservation_outcomes_are_counted_under_the_error_codes_buyers_see() {
 
     let text = metrics_text(&app).await;
     assert!(
-        text.contains(r#"yoink_reservations_total{outcome="idempotency_key_reused",sale="vocabulary"}"#),
+        text.contains(
+            r#"yoink_reservations_total{outcome="idempotency_key_reused",sale="vocabulary"}"#
+        ),
         "{text}"
     );
     assert!(text.contains(r#"yoink_reservations_total{outcome="reserved",sale="vocabulary"}"#));

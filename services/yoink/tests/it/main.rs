@@ -1,6 +1,7 @@
 //! Tests of the `yoink` binary as an operator runs it: real processes, killed and
 //! restarted, against real Redis and PostgreSQL.
 
+mod archive;
 mod cluster;
 mod durability;
 mod holds;

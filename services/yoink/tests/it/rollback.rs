@@ -161,7 +161,10 @@ async fn a_sale_whose_redis_goes_back(how: GoBack) {
             // A forgotten buyer comes back with a new request (no key): the limit
             // must stop it.
             let key = user.starts_with('n').then(|| format!("key-{user}"));
-            (user.clone(), buy_until_answered(app, &user, key.as_deref()).await)
+            (
+                user.clone(),
+                buy_until_answered(app, &user, key.as_deref()).await,
+            )
         }
     }))
     .await;
@@ -197,7 +200,12 @@ async fn a_sale_whose_redis_goes_back(how: GoBack) {
         count("n", 202),
         800,
         "the units PostgreSQL had left: {}",
-        tally(after.iter().filter(|(u, _)| u.starts_with('n')).map(|(_, a)| a))
+        tally(
+            after
+                .iter()
+                .filter(|(u, _)| u.starts_with('n'))
+                .map(|(_, a)| a)
+        )
     );
     assert_eq!(count("n", 409), 100);
     assert_eq!(

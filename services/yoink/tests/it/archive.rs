@@ -1,0 +1,378 @@
+//! `yoink sale end` and `yoink sale archive` as an operator runs them (issue 15): an
+//! archive refuses a live, undrained or diverged sale and says why; an archived sale
+//! leaves no Redis key under its tag, answers from PostgreSQL with the figures it had,
+//! reconciles as `archived`, is never rebuilt, and never takes stock again.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::Value;
+use yoink_core::scripts::SaleTerms;
+use yoink_core::{Keyspace, SaleId};
+use yoink_testkit::{AppOptions, PrivateRedisCluster, TestApp, spawn_app, spawn_app_with};
+
+use crate::YOINK;
+
+/// Every key under the sale's prefix and tag, by `SCAN MATCH` on one Redis node (the
+/// test's key prefixes hold no glob characters).
+async fn keys_on(conn: &mut redis::aio::MultiplexedConnection, tag: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{tag}*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(conn)
+            .await
+            .expect("SCAN");
+        found.extend(page);
+        if next == 0 {
+            return found;
+        }
+        cursor = next;
+    }
+}
+
+/// Keys of `sale` on every node of `urls` (one URL, or a cluster's comma-separated list).
+async fn keys_of_sale(urls: &str, keys: &Keyspace, sale: &SaleId) -> Vec<String> {
+    let mut all = Vec::new();
+    for url in urls.split(',') {
+        let client = redis::Client::open(url.trim()).expect("Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis");
+        all.extend(keys_on(&mut conn, &keys.sale_tag(sale)).await);
+    }
+    all
+}
+
+fn run(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
+    let output = app
+        .yoink_command(YOINK)
+        .env(
+            "YOINK_REDIS_CLUSTER",
+            if app.stores.redis_cluster {
+                "true"
+            } else {
+                "false"
+            },
+        )
+        .args(args)
+        .output()
+        .expect("run yoink");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
+async fn archived_at_is_set(app: &TestApp, sale: &str) -> bool {
+    app.db
+        .scalar(&format!(
+            "SELECT count(*) FROM sales WHERE sale_id = '{sale}' AND archived_at IS NOT NULL"
+        ))
+        .await
+        == 1
+}
+
+/// The figures a buyer and an operator see, without the fields an archive adds.
+fn figures(mut view: Value) -> Value {
+    if let Some(object) = view.as_object_mut() {
+        object.remove("archived");
+        object.remove("status");
+    }
+    view
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_refuses_a_live_sale_and_says_why() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("arch-live", 5, 0).await;
+    let (code, text) = run(&app, &["sale", "archive", "--id", "arch-live", "--yes"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("has not ended"), "{text}");
+    assert!(!archived_at_is_set(&app, "arch-live").await);
+    let mut redis = app.redis.clone();
+    let stock: i64 = redis.get(app.keys().stock(&sale)).await.expect("stock");
+    assert_eq!(stock, 5, "nothing of the live sale was touched");
+
+    let (code, text) = run(&app, &["sale", "archive", "--id", "no-such-sale"]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("no sale no-such-sale"), "{text}");
+    let (code, text) = run(&app, &["sale", "end", "--id", "no-such-sale"]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("no sale no-such-sale"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_refuses_a_sale_with_entries_undelivered_or_pending() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("arch-pending", 10, 0).await;
+    app.reserve_many(&sale, "u", 4).await;
+    let (code, text) = run(&app, &["sale", "end", "--id", "arch-pending"]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // No projector ever read them (no group yet).
+    let (code, text) = run(&app, &["sale", "archive", "--id", "arch-pending", "--yes"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("the stream holds 4 entries and no projectors' group"),
+        "{text}"
+    );
+    // The group exists and never read them: undelivered.
+    let mut redis = app.redis.clone();
+    let events = app.keys().events(&sale);
+    yoink_core::stream::ensure_group(&mut redis, &events)
+        .await
+        .expect("group");
+    let (code, text) = run(&app, &["sale", "archive", "--id", "arch-pending", "--yes"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("4 stream entries were never delivered"),
+        "{text}"
+    );
+
+    // A projector read them and never acknowledged: pending.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(yoink_core::keys::PROJECTOR_GROUP)
+        .arg("stuck-consumer")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&events)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .expect("XREADGROUP");
+    let (code, text) = run(&app, &["sale", "archive", "--id", "arch-pending", "--yes"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("4 stream entries are pending"), "{text}");
+    assert!(!archived_at_is_set(&app, "arch-pending").await);
+    let left = keys_of_sale(&app.stores.redis_url, app.keys(), &sale).await;
+    assert!(left.len() >= 4, "nothing removed: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_refuses_a_diverged_sale() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("arch-diverged", 10, 0).await;
+    let projector = app.projector("arch-diverged-projector");
+    app.reserve_many(&sale, "u", 3).await;
+    assert!(app.wait_drained(&sale, Duration::from_secs(20)).await);
+    projector.stop().await;
+    let (code, text) = run(&app, &["sale", "end", "--id", "arch-diverged"]);
+    assert_eq!(code, Some(0), "{text}");
+    // Two units vanish from Redis's stock: taken, with no order and no reservation.
+    let mut redis = app.redis.clone();
+    let _: i64 = redis
+        .decr(app.keys().stock(&sale), 2)
+        .await
+        .expect("DECRBY");
+
+    let (code, text) = run(&app, &["sale", "archive", "--id", "arch-diverged", "--yes"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("do not reconcile"), "{text}");
+    assert!(text.contains("2 lost"), "{text}");
+    assert!(!archived_at_is_set(&app, "arch-diverged").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_sale_that_has_not_started_closes_it_for_good() {
+    let app = spawn_app().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let in_an_hour = now_ms + 3_600_000;
+    let sale = app
+        .create_sale_with(
+            "arch-future",
+            SaleTerms {
+                initial_stock: 5,
+                starts_at_ms: in_an_hour,
+                ends_at_ms: in_an_hour + 3_600_000,
+                ..SaleTerms::default()
+            },
+        )
+        .await;
+    let (code, text) = run(&app, &["sale", "end", "--id", "arch-future"]);
+    assert_eq!(code, Some(0), "{text}");
+    let ended: Value = serde_json::from_str(&text).expect("JSON outcome");
+    let ends_at = ended["ends_at_ms"].as_i64().expect("ends_at_ms");
+    assert_eq!(ended["starts_at_ms"].as_i64(), Some(ends_at - 1), "{text}");
+    assert_eq!(ended["redis"], "closed", "{text}");
+    assert!(ends_at < in_an_hour);
+    // Again: nothing changes, and it never reopens.
+    let (code, again) = run(&app, &["sale", "end", "--id", "arch-future"]);
+    assert_eq!(code, Some(0), "{again}");
+    let again: Value = serde_json::from_str(&again).expect("JSON outcome");
+    assert_eq!(again["already_ended"], true);
+    assert_eq!(again["ends_at_ms"].as_i64(), Some(ends_at));
+    let mut redis = app.redis.clone();
+    let redis_end: i64 = redis
+        .hget(app.keys().meta(&sale), "ends_at_ms")
+        .await
+        .expect("meta");
+    assert_eq!(redis_end, ends_at);
+    let (status, body) = app.buy("arch-future", "alice", 1).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &"sale_closed".into()),
+        "{body}"
+    );
+}
+
+/// The whole life: buys, end, archive; then everything is answered from PostgreSQL and
+/// nothing writes the sale's Redis state again.
+async fn an_archived_sale_is_postgresql_s_alone(app: &TestApp, id: &str, redis_urls: &str) {
+    let sale = app.create_sale(id, 10, 0).await;
+    let projector = app.projector(&format!("{id}-projector"));
+    let (status, first) = app.buy_with_key(id, "alice", 2, Some("key-alice")).await;
+    assert_eq!(status, 202, "{first}");
+    for user in ["bob", "carol", "dave"] {
+        assert_eq!(app.buy(id, user, 1).await.0, 202);
+    }
+    assert!(app.wait_drained(&sale, Duration::from_secs(30)).await);
+    let reservation = first["reservation_id"].as_str().expect("id").to_owned();
+    let (_, sale_before) = app.get(&format!("/sales/{id}")).await;
+    let (_, reservation_before) = app.get(&format!("/reservations/{reservation}")).await;
+    assert_eq!(sale_before["confirmed"], 5, "{sale_before}");
+    assert_eq!(sale_before["archived"], false, "{sale_before}");
+
+    let (code, text) = run(app, &["sale", "end", "--id", id]);
+    assert_eq!(code, Some(0), "{text}");
+    let (status, body) = app.buy(id, "erin", 1).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &"sale_closed".into()),
+        "{body}"
+    );
+
+    // The plan changes nothing.
+    let (code, plan) = run(app, &["sale", "archive", "--id", id]);
+    assert_eq!(code, Some(0), "{plan}");
+    assert!(plan.contains("add --yes"), "{plan}");
+    assert!(!archived_at_is_set(app, id).await);
+    assert!(!keys_of_sale(redis_urls, app.keys(), &sale).await.is_empty());
+
+    let (code, done) = run(
+        app,
+        &[
+            "sale",
+            "archive",
+            "--id",
+            id,
+            "--yes",
+            "--settle-ms",
+            "2500",
+        ],
+    );
+    assert_eq!(code, Some(0), "{done}");
+    assert!(archived_at_is_set(app, id).await);
+    assert_eq!(
+        keys_of_sale(redis_urls, app.keys(), &sale).await,
+        Vec::<String>::new()
+    );
+    let mut redis = app.redis.clone();
+    let registered: bool = redis
+        .sismember(app.keys().sales_registry(), id)
+        .await
+        .expect("SISMEMBER");
+    assert!(!registered, "the registry entry is gone");
+
+    // PostgreSQL answers, with the same figures.
+    let (status, sale_after) = app.get(&format!("/sales/{id}")).await;
+    assert_eq!(status, 200, "{sale_after}");
+    assert_eq!(sale_after["archived"], true, "{sale_after}");
+    assert_eq!(sale_after["status"], "archived", "{sale_after}");
+    assert_eq!(figures(sale_after), figures(sale_before));
+    let (status, reservation_after) = app.get(&format!("/reservations/{reservation}")).await;
+    assert_eq!(status, 200, "{reservation_after}");
+    assert_eq!(reservation_after["archived"], true);
+    assert_eq!(reservation_after["status"], "confirmed");
+    assert_eq!(figures(reservation_after), figures(reservation_before));
+
+    let (code, report) = run(app, &["reconcile", "--sale", id]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("archived"), "{report}");
+
+    // Neither a buy nor a retry of a 202 takes stock, and neither brings Redis state back.
+    let (status, body) = app.buy(id, "frank", 1).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &"sale_closed".into()),
+        "{body}"
+    );
+    let (status, body) = app.buy_with_key(id, "alice", 2, Some("key-alice")).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (409, &"sale_closed".into()),
+        "{body}"
+    );
+    // The API's and the projector's fences run every second or faster: an archived sale
+    // they still watched would be suspended (a key) and rebuilt (every key).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        keys_of_sale(redis_urls, app.keys(), &sale).await,
+        Vec::<String>::new(),
+        "nothing brought the sale back into Redis"
+    );
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT confirmed_units FROM sales WHERE sale_id = '{id}'"
+            ))
+            .await,
+        5
+    );
+    // Re-creating it is refused, and registers nothing.
+    let (code, text) = run(app, &["sale", "create", "--id", id, "--stock", "10"]);
+    assert_ne!(code, Some(0), "{text}");
+    let registered: bool = redis
+        .sismember(app.keys().sales_registry(), id)
+        .await
+        .expect("SISMEMBER");
+    assert!(!registered, "{text}");
+    // A stray key under the tag (a process that never learned of the archive suspended
+    // it) is flagged, never repaired into a rebuild, and removed by a repeat.
+    let _: i64 = redis
+        .hset(app.keys().meta(&sale), "suspended", "1.000001")
+        .await
+        .expect("HSET");
+    let (code, report) = run(app, &["reconcile", "--sale", id, "--repair", "--yes"]);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("archive_unbalanced"), "{report}");
+    assert!(report.contains("1 Redis keys left"), "{report}");
+    let (code, again) = run(app, &["sale", "archive", "--id", id, "--yes"]);
+    assert_eq!(code, Some(0), "{again}");
+    assert!(again.contains("1 Redis key(s) removed"), "{again}");
+    assert!(again.contains("0 left"), "{again}");
+    assert_eq!(run(app, &["reconcile", "--sale", id]).0, Some(0));
+    projector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_sale_answers_from_postgresql_and_never_comes_back() {
+    let app = spawn_app().await;
+    let urls = app.stores.redis_url.clone();
+    an_archived_sale_is_postgresql_s_alone(&app, "arch-life", &urls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archiving_works_on_a_redis_cluster() {
+    let cluster = PrivateRedisCluster::start().await;
+    let app = spawn_app_with(AppOptions {
+        redis_url: Some(cluster.urls()),
+        redis_cluster: true,
+        ..AppOptions::default()
+    })
+    .await;
+    an_archived_sale_is_postgresql_s_alone(&app, "arch-cluster", &cluster.urls()).await;
+}
