@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use redis::streams::StreamMaxlen;
 use tokio::sync::watch;
 use yoink_core::backoff::Backoff;
 use yoink_core::{Keyspace, RedisConn};
@@ -38,6 +39,16 @@ pub struct RelayArgs {
         default_value_t = 200
     )]
     pub interval_ms: u64,
+    /// Most entries the order-events stream keeps (`XADD MAXLEN ~`): Redis holds what
+    /// consumers have yet to read, not history (the `outbox` table keeps every event).
+    /// 0 keeps them all.
+    #[arg(
+        long = "order-events-max-len",
+        value_name = "ORDER_EVENTS_MAX_LEN",
+        env = "YOINK_ORDER_EVENTS_MAX_LEN",
+        default_value_t = 100_000
+    )]
+    pub order_events_max_len: usize,
 }
 
 impl RelayArgs {
@@ -60,6 +71,7 @@ pub async fn publish_batch(
     redis: &mut RedisConn,
     keys: &Keyspace,
     batch: i64,
+    max_len: usize,
 ) -> Result<usize, ProjectError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -103,18 +115,19 @@ pub async fn publish_batch(
         let sale_id: String = row.get(2);
         let payload: String = row.get(3);
         let created_ms: i64 = row.get(4);
-        pipe.xadd(
-            &stream,
-            "*",
-            &[
-                ("event_id", event_id.to_string()),
-                ("type", event_type),
-                ("sale_id", sale_id),
-                ("payload", payload),
-                ("created_at_ms", created_ms.to_string()),
-            ],
-        )
-        .ignore();
+        let fields = [
+            ("event_id", event_id.to_string()),
+            ("type", event_type),
+            ("sale_id", sale_id),
+            ("payload", payload),
+            ("created_at_ms", created_ms.to_string()),
+        ];
+        if max_len == 0 {
+            pipe.xadd(&stream, "*", &fields).ignore();
+        } else {
+            pipe.xadd_maxlen(&stream, StreamMaxlen::Approx(max_len), "*", &fields)
+                .ignore();
+        }
         ids.push(event_id);
     }
     pipe.query_async::<()>(redis).await?;
@@ -153,7 +166,15 @@ pub async fn run(
     let mut failing = false;
     let mut next_gauge = tokio::time::Instant::now();
     while !*shutdown.borrow() {
-        let published = match publish_batch(&pool, &mut redis, &keys, args.batch).await {
+        let published = match publish_batch(
+            &pool,
+            &mut redis,
+            &keys,
+            args.batch,
+            args.order_events_max_len,
+        )
+        .await
+        {
             Ok(n) => n,
             Err(err) => {
                 metrics::transient("relay");

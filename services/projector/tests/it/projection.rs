@@ -228,3 +228,35 @@ async fn batches_written_side_by_side_give_one_order_each_and_full_events() {
     assert_eq!(payload["quantity"], 1, "{payload}");
     assert_eq!(payload["sale_id"], sale.as_str(), "{payload}");
 }
+
+/// The order-events stream keeps about `--order-events-max-len` entries, not history:
+/// the outbox table keeps every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_order_events_stream_is_capped_and_the_outbox_keeps_everything() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("capped", 5_000, 0).await;
+    app.reserve_many(&sale, "e", 3_000).await;
+    let defaults = yoink_projector::ProjectorArgs::local("capped");
+    let projector = app.projector_with(yoink_projector::ProjectorArgs {
+        relay: yoink_projector::RelayArgs {
+            order_events_max_len: 500,
+            ..defaults.relay.clone()
+        },
+        ..defaults
+    });
+    assert!(app.wait_drained(&sale, Duration::from_secs(60)).await);
+    let published = yoink_testkit::eventually(Duration::from_secs(30), || async {
+        app.db
+            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    projector.stop().await;
+    assert!(published, "every outbox row is published");
+    assert_eq!(app.db.scalar("SELECT count(*) FROM outbox").await, 3_000);
+    let mut redis = app.redis.clone();
+    let kept: usize = redis.xlen(app.keys().order_events()).await.expect("xlen");
+    // `MAXLEN ~` trims whole stream nodes (100 entries each by default).
+    assert!((500..600).contains(&kept), "{kept} order events kept");
+}

@@ -48,6 +48,7 @@ async fn the_relay_backs_off_and_logs_once_while_postgres_is_unreachable() {
         RelayArgs {
             batch: 500,
             interval_ms: 200,
+            order_events_max_len: 0,
         },
         stopped,
     );
