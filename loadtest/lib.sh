@@ -49,3 +49,51 @@ print_logs() {
     tail -n 20 "$f" >&2
   done
 }
+
+# private_run NAME: the frame of a measurement on private stores, for a script that
+# defines log, die and need: PGHOST/PGPORT/PGUSER (defaults 127.0.0.1 5432 postgres,
+# exported), TMP (removed at exit), PIDS (killed at exit), DB_NAME yoink_<NAME>_<pid>
+# on that server, dropped at exit once the script sets DB_CREATED=1, and the logs in
+# TMP printed when the run fails.
+private_run() {
+  RUN_NAME=$1
+  PGHOST=${PGHOST:-127.0.0.1}
+  PGPORT=${PGPORT:-5432}
+  PGUSER=${PGUSER:-postgres}
+  export PGHOST PGPORT PGUSER
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-$RUN_NAME.XXXXXX")
+  PIDS=()
+  DB_NAME="yoink_${RUN_NAME//-/}_$$"
+  DB_CREATED=0
+  trap private_run_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+private_run_cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  if [[ $DB_CREATED == 1 ]]; then
+    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
+      || echo "$RUN_NAME: could not drop database $DB_NAME, drop it by hand" >&2
+  fi
+  [[ $rc == 0 ]] || print_logs "$TMP"
+  rm -rf "$TMP"
+  exit "$rc"
+}
+
+# serve_on PORT LOG [flags...]: starts `yoink serve` (added to PIDS) and waits until it
+# is ready, or dies.
+serve_on() {
+  local port=$1 logfile=$2
+  shift 2
+  "$YOINK" serve --listen "127.0.0.1:$port" --metrics-listen off "$@" >"$logfile" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 300); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == 200 ]] && return 0
+    sleep 0.2
+  done
+  die "yoink serve on $port not ready after 60 s"
+}

@@ -38,37 +38,13 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-1000}
-PGHOST=${PGHOST:-127.0.0.1}
-PGPORT=${PGPORT:-5432}
-PGUSER=${PGUSER:-postgres}
-export PGHOST PGPORT PGUSER
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'metrics-cost: %s\n' "$*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-metricscost.XXXXXX")
-PIDS=()
-DB_NAME="yoink_metricscost_$$"
-DB_CREATED=0
-
-cleanup() {
-  local rc=$?
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  if [[ $DB_CREATED == 1 ]]; then
-    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
-      || echo "metrics-cost: could not drop database $DB_NAME, drop it by hand" >&2
-  fi
-  [[ $rc == 0 ]] || print_logs "$TMP"
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+private_run metrics-cost
 
 resolve_yoink
 
@@ -85,18 +61,6 @@ DB_CREATED=1
 "$YOINK" sale create --id open --stock 1000000000000 >"$TMP/sale.log" 2>&1 || die "sale open"
 "$YOINK" sale create --id gone --stock 1 >>"$TMP/sale.log" 2>&1 || die "sale gone"
 
-# serve_on PORT LOG [flags...]: starts `yoink serve` and waits until it is ready.
-serve_on() {
-  local port=$1 logfile=$2
-  shift 2
-  "$YOINK" serve --listen "127.0.0.1:$port" --metrics-listen off "$@" >"$logfile" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 300); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == 200 ]] && return 0
-    sleep 0.2
-  done
-  die "yoink serve on $port not ready after 60 s"
-}
 PORT_ON=$(free_port)
 PORT_OFF=$(free_port)
 log "yoink serve (metrics on) on $PORT_ON, yoink serve --metrics off on $PORT_OFF"

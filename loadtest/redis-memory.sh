@@ -33,38 +33,14 @@ source "$ROOT/loadtest/lib.sh"
 
 RESERVATIONS=${RESERVATIONS:-200000}
 CONNECTIONS=${CONNECTIONS:-500}
-PGHOST=${PGHOST:-127.0.0.1}
-PGPORT=${PGPORT:-5432}
-PGUSER=${PGUSER:-postgres}
-export PGHOST PGPORT PGUSER
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'redis-memory: %s\n' "$*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/yoink-redismem.XXXXXX")
-PIDS=()
-DB_NAME="yoink_redismem_$$"
-DB_CREATED=0
+private_run redis-memory
 SALE=mem
-
-cleanup() {
-  local rc=$?
-  set +e
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  if [[ $DB_CREATED == 1 ]]; then
-    psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB_NAME\" WITH (FORCE)" >/dev/null 2>&1 \
-      || echo "redis-memory: could not drop database $DB_NAME, drop it by hand" >&2
-  fi
-  [[ $rc == 0 ]] || print_logs "$TMP"
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 resolve_yoink
 
@@ -103,12 +79,7 @@ EVENTS_OUT="${YOINK_KEY_PREFIX}yoink:order-events"
 BASELINE=$(used)
 "$YOINK" sale create --id "$SALE" --stock "$RESERVATIONS" >"$TMP/sale.log" 2>&1 || die "sale create"
 API_PORT=$(free_port)
-"$YOINK" serve --listen "127.0.0.1:$API_PORT" --metrics-listen off >"$TMP/serve.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 300); do
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$API_PORT/readyz") == 200 ]] && break
-  sleep 0.2
-done
+serve_on "$API_PORT" "$TMP/serve.log"
 
 log "buying out $RESERVATIONS units (wrk -c$CONNECTIONS, a fresh buyer per request)"
 for _ in $(seq 60); do
