@@ -133,6 +133,28 @@ impl TestDb {
         let client = pool.get().await.expect("test db connection");
         client.query_one(sql, &[]).await.expect(sql).get(0)
     }
+
+    /// Makes PostgreSQL refuse every order (confirmed fate) of the buyer `refused`
+    /// with a check violation, a permanent error as a broken row would give; the
+    /// buyer's release is still recorded.
+    pub async fn refuse_orders_of_buyer_refused(&self) {
+        let pool = self.pool();
+        let client = pool.get().await.expect("test db connection");
+        client
+            .batch_execute(
+                "CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF NEW.user_id = 'refused' AND NEW.fate = 'confirmed' THEN
+                         RAISE EXCEPTION 'no orders for this buyer' USING ERRCODE = 'check_violation';
+                     END IF;
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse_user BEFORE INSERT ON reservation_fates
+                     FOR EACH ROW EXECUTE FUNCTION refuse_user();",
+            )
+            .await
+            .expect("the refusing trigger");
+    }
 }
 
 impl Drop for TestDb {

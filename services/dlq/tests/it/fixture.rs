@@ -109,25 +109,7 @@ async fn rewrite_as_newer_version(app: &TestApp, sale: &SaleId, id: ReservationI
 pub async fn dead_lettered_sale(name: &str) -> Fixture {
     let app = spawn_app().await;
     let sale = app.create_sale(name, STOCK, 0).await;
-    app.db
-        .pool()
-        .get()
-        .await
-        .expect("connection")
-        .batch_execute(
-            "CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 -- An order is a confirmed fate; the buyer's release is still recorded.
-                 IF NEW.user_id = 'refused' AND NEW.fate = 'confirmed' THEN
-                     RAISE EXCEPTION 'no orders for this buyer' USING ERRCODE = 'check_violation';
-                 END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_user BEFORE INSERT ON reservation_fates
-                 FOR EACH ROW EXECUTE FUNCTION refuse_user();",
-        )
-        .await
-        .expect("the refusing trigger");
+    app.db.refuse_orders_of_buyer_refused().await;
 
     assert!(app.reserve_direct(&sale, "buyer", 1).await);
     let refused = reserve(&app, &sale, "refused", 1).await;

@@ -388,24 +388,7 @@ async fn a_release_recorded_in_postgres_but_never_applied_in_redis_is_applied_on
 async fn a_refusal_in_a_batch_written_side_by_side_releases_only_that_entry() {
     let app = spawn_app().await;
     let sale = app.create_sale("split-refusal", 2_000, 0).await;
-    app.db
-        .pool()
-        .get()
-        .await
-        .expect("connection")
-        .batch_execute(
-            "CREATE FUNCTION refuse_user() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 IF NEW.user_id = 'refused' AND NEW.fate = 'confirmed' THEN
-                     RAISE EXCEPTION 'no orders for this buyer' USING ERRCODE = 'check_violation';
-                 END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_user BEFORE INSERT ON reservation_fates
-                 FOR EACH ROW EXECUTE FUNCTION refuse_user();",
-        )
-        .await
-        .expect("the refusing trigger");
+    app.db.refuse_orders_of_buyer_refused().await;
     app.reserve_many(&sale, "early", 600).await;
     let refused = reserve(&app, &sale, "refused", 1).await;
     app.reserve_many(&sale, "late", 600).await;

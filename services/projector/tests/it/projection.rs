@@ -33,17 +33,17 @@ async fn assert_exactly_one_order_each(app: &TestApp, sale: &SaleId, expected: i
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ten_thousand_reservations_become_ten_thousand_orders() {
-    let app = spawn_app().await;
-    let sale = app.create_sale("big", 20_000, 0).await;
-    app.reserve_many(&sale, "u", 10_000).await;
-
-    let projector = app.projector("p1");
+/// Waits until `sale`'s stream is drained and the outbox is published, then stops
+/// `projector`; panics if the drain never ends, false if the outbox is not published.
+async fn drain_and_publish(
+    app: &TestApp,
+    sale: &SaleId,
+    projector: yoink_testkit::RunningProjector,
+) -> bool {
     assert!(
-        app.wait_drained(&sale, Duration::from_secs(60)).await,
+        app.wait_drained(sale, Duration::from_secs(60)).await,
         "not drained: {:?}",
-        app.group_state(&sale).await
+        app.group_state(sale).await
     );
     let published = yoink_testkit::eventually(Duration::from_secs(30), || async {
         app.db
@@ -53,6 +53,17 @@ async fn ten_thousand_reservations_become_ten_thousand_orders() {
     })
     .await;
     projector.stop().await;
+    published
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_reservations_become_ten_thousand_orders() {
+    let app = spawn_app().await;
+    let sale = app.create_sale("big", 20_000, 0).await;
+    app.reserve_many(&sale, "u", 10_000).await;
+
+    let projector = app.projector("p1");
+    let published = drain_and_publish(&app, &sale, projector).await;
 
     assert_exactly_one_order_each(&app, &sale, 10_000).await;
     assert!(published, "every outbox row is published");
@@ -181,19 +192,7 @@ async fn batches_written_side_by_side_give_one_order_each_and_full_events() {
         write_parallelism: 3,
         ..yoink_projector::ProjectorArgs::local("split")
     });
-    assert!(
-        app.wait_drained(&sale, Duration::from_secs(60)).await,
-        "not drained: {:?}",
-        app.group_state(&sale).await
-    );
-    let published = yoink_testkit::eventually(Duration::from_secs(30), || async {
-        app.db
-            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .await
-            == 0
-    })
-    .await;
-    projector.stop().await;
+    let published = drain_and_publish(&app, &sale, projector).await;
     assert!(published, "every outbox row is published");
     assert_exactly_one_order_each(&app, &sale, 5_000).await;
 
@@ -244,15 +243,7 @@ async fn the_order_events_stream_is_capped_and_the_outbox_keeps_everything() {
         },
         ..defaults
     });
-    assert!(app.wait_drained(&sale, Duration::from_secs(60)).await);
-    let published = yoink_testkit::eventually(Duration::from_secs(30), || async {
-        app.db
-            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .await
-            == 0
-    })
-    .await;
-    projector.stop().await;
+    let published = drain_and_publish(&app, &sale, projector).await;
     assert!(published, "every outbox row is published");
     assert_eq!(app.db.scalar("SELECT count(*) FROM outbox").await, 3_000);
     let mut redis = app.redis.clone();
