@@ -251,6 +251,7 @@ fn args(sale: Option<&SaleId>) -> ReconcileArgs {
         grace: 5,
         repair: false,
         yes: false,
+        archive_after: None,
         metrics_listen: "127.0.0.1:0".parse().expect("a loopback address"),
     }
 }

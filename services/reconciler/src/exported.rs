@@ -16,6 +16,9 @@ use crate::{
 /// Reconcile passes that failed, by kind (`error_kind`).
 pub const ERRORS: &str = "yoink_reconcile_errors_total";
 
+/// Sales `--watch --archive-after` archived (`lib.rs`).
+pub const ARCHIVED: &str = "yoink_sales_archived_total";
+
 /// Every `kind` of `yoink_reconcile_errors_total`.
 pub const ERROR_KINDS: [&str; 7] = [
     "redis",
@@ -49,6 +52,11 @@ pub fn error_kind(err: &ReconcileError) -> &'static str {
 /// Counts one failed pass.
 pub fn pass_failed(err: &ReconcileError) {
     metrics::counter!(ERRORS, "kind" => error_kind(err)).increment(1);
+}
+
+/// Counts one sale archived by the watch.
+pub fn archived(sale: &yoink_core::SaleId) {
+    metrics::counter!(ARCHIVED, "sale" => sale.to_string()).increment(1);
 }
 
 /// HELP text for every reconciler metric.
@@ -89,6 +97,10 @@ pub fn describe() {
     describe_counter!(
         ERRORS,
         "Reconcile passes that failed, by kind (redis, postgres, rebuild, snapshot, unknown_sale, output, other)."
+    );
+    describe_counter!(
+        ARCHIVED,
+        "Sales this watch archived (--archive-after): ended, drained and consistent; PostgreSQL keeps them, Redis no longer."
     );
     describe_counter!(
         REPAIRS,

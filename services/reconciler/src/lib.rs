@@ -56,6 +56,16 @@ pub struct ReconcileArgs {
     /// environment: a change to the stores is confirmed by whoever types the command.
     #[arg(long, requires = "repair")]
     pub yes: bool,
+    /// With --watch: archive a sale SECS seconds after its end, once a pass finds it
+    /// consistent (the checks of `yoink sale archive` run again first; then
+    /// PostgreSQL records it archived and every Redis key of it goes).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "YOINK_ARCHIVE_AFTER_SECS",
+        requires = "watch"
+    )]
+    pub archive_after: Option<u64>,
     /// Where `--watch` serves /metrics.
     #[arg(
         long,
@@ -239,6 +249,9 @@ pub async fn watch(
                 metrics::gauge!(LAST_SUCCESS).set(now);
                 let mut stdout = std::io::stdout();
                 render(&mut stdout, &reports, args.json)?;
+                if let (Some(after), Some(s)) = (args.archive_after, stores_open.as_ref()) {
+                    archive_due(stores, s, &reports, after).await;
+                }
             }
             Err(err) => {
                 exported::pass_failed(&err);
@@ -259,6 +272,55 @@ pub async fn watch(
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())
+}
+
+/// `--archive-after`: archives each sale this pass found consistent that ended at
+/// least `after` seconds ago and is not archived yet. A refusal or a failure is logged
+/// and tried again on a later pass; it never stops the watch.
+async fn archive_due(stores: &StoreArgs, s: &Stores, reports: &[SaleReport], after: u64) {
+    let due: Vec<String> = match s.pool.get().await {
+        Ok(client) => match client
+            .query(
+                "SELECT sale_id FROM sales
+                 WHERE archived_at IS NULL AND ends_at <= now() - make_interval(secs => $1)",
+                &[&(after as f64)],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "Cannot list the sales due for archiving.");
+                return;
+            }
+        },
+        Err(err) => {
+            tracing::warn!(error = %err, "Cannot list the sales due for archiving.");
+            return;
+        }
+    };
+    for report in reports {
+        if report.status != Status::Consistent || !due.contains(&report.sale_id.to_string()) {
+            continue;
+        }
+        let args = archived::ArchiveArgs {
+            id: report.sale_id.to_string(),
+            yes: true,
+            settle_ms: 3_000,
+        };
+        let mut said = Vec::new();
+        match archived::archive(stores, &args, &mut said).await {
+            Ok(0) => {
+                exported::archived(&report.sale_id);
+                tracing::info!(sale_id = %report.sale_id, after_secs = after, "Archived the sale (--archive-after).");
+            }
+            Ok(_) => {
+                tracing::warn!(sale_id = %report.sale_id, plan = %String::from_utf8_lossy(&said), "Archive left Redis keys; trying again next pass.");
+            }
+            Err(err) => {
+                tracing::info!(sale_id = %report.sale_id, error = %err, "Not archived yet (--archive-after).");
+            }
+        }
+    }
 }
 
 fn export(report: &SaleReport) {
@@ -292,6 +354,7 @@ mod tests {
             grace,
             repair: false,
             yes: false,
+            archive_after: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }

@@ -25,6 +25,7 @@ fn args(sale: &SaleId, grace: u64, json: bool) -> ReconcileArgs {
         grace,
         repair: false,
         yes: false,
+        archive_after: None,
         metrics_listen: "127.0.0.1:0".parse().expect("a loopback address"),
     }
 }

@@ -376,3 +376,73 @@ async fn archiving_works_on_a_redis_cluster() {
     .await;
     an_archived_sale_is_postgresql_s_alone(&app, "arch-cluster", &cluster.urls()).await;
 }
+
+/// `yoink reconcile --watch --archive-after SECS` archives a sale on its own once it
+/// has ended that long ago and a pass found it consistent, and leaves a live one be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
+    let app = spawn_app().await;
+    let ended = app.create_sale("arch-auto", 10, 0).await;
+    let live = app.create_sale("arch-auto-live", 10, 0).await;
+    app.reserve_many(&ended, "u", 3).await;
+    app.reserve_many(&live, "v", 2).await;
+    let projector = app.projector("arch-auto");
+    assert!(app.wait_drained(&ended, Duration::from_secs(30)).await);
+    assert!(app.wait_drained(&live, Duration::from_secs(30)).await);
+    let (code, text) = run(&app, &["sale", "end", "--id", "arch-auto"]);
+    assert_eq!(code, Some(0), "{text}");
+
+    let port = yoink_testkit::free_port();
+    let mut watch = app
+        .yoink_command(YOINK)
+        .args([
+            "reconcile",
+            "--watch",
+            "1",
+            "--grace",
+            "1",
+            "--archive-after",
+            "1",
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn reconcile --watch");
+    let archived = yoink_testkit::eventually(Duration::from_secs(30), || async {
+        archived_at_is_set(&app, "arch-auto").await
+            && keys_of_sale(&app.stores.redis_url, app.keys(), &ended)
+                .await
+                .is_empty()
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape the watch")
+        .text()
+        .await
+        .expect("metrics text");
+    crate::signal(&watch, "-TERM");
+    let _ = watch.wait();
+    projector.stop().await;
+
+    assert!(archived, "the ended sale was never archived");
+    assert!(
+        metrics.contains(r#"yoink_sales_archived_total{sale="arch-auto"} 1"#),
+        "{metrics}"
+    );
+    assert!(!archived_at_is_set(&app, "arch-auto-live").await);
+    assert!(
+        !keys_of_sale(&app.stores.redis_url, app.keys(), &live)
+            .await
+            .is_empty(),
+        "the live sale keeps its keys"
+    );
+    let (status, view) = app.get("/sales/arch-auto").await;
+    assert_eq!(
+        (status, &view["status"]),
+        (200, &"archived".into()),
+        "{view}"
+    );
+    assert_eq!(view["reserved"], 3, "{view}");
+}

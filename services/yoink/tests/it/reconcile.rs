@@ -74,7 +74,10 @@ async fn a_clean_drained_sale_exits_0_with_every_figure_in_json() {
         assert_eq!(r[field], value, "{field} in {r}");
     }
     assert_eq!(r["redis"]["remaining"], 0);
-    assert_eq!(r["redis"]["stream_length"], 500);
+    // Projectors trim what PostgreSQL has (every --trim-interval-ms): the stream holds
+    // at most the 500 entries, however many a trim pass removed before the stop.
+    let stream_length = r["redis"]["stream_length"].as_i64().expect("stream_length");
+    assert!((1..=500).contains(&stream_length), "{r}");
     assert_eq!(r["redis"]["pending"], 0);
     assert_eq!(r["redis"]["lag"], 0);
     assert_eq!(r["redis"]["dead_letters"], 0);
