@@ -97,3 +97,18 @@ serve_on() {
   done
   die "yoink serve on $port not ready after 60 s"
 }
+
+# private_stores KEY_PREFIX: after private_run and resolve_yoink, a private redis-server
+# (in PIDS; RCLI is its redis-cli) and the database DB_NAME, migrated (dropped at exit),
+# exported for every yoink command the script runs under KEY_PREFIX.
+private_stores() {
+  start_private_redis "$TMP"
+  PIDS+=("$REDIS_PID")
+  RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
+  export YOINK_KEY_PREFIX=$1
+  export RUST_LOG=${RUST_LOG:-warn}
+  DB_CREATED=1
+  "$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed"
+}

@@ -49,15 +49,7 @@ private_run metrics-cost
 resolve_yoink
 
 log "starting a private redis-server"
-start_private_redis "$TMP"
-PIDS+=("$REDIS_PID")
-
-export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
-export YOINK_KEY_PREFIX="metricscost:"
-export RUST_LOG=${RUST_LOG:-warn}
-DB_CREATED=1
-"$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed"
+private_stores "metricscost:"
 "$YOINK" sale create --id open --stock 1000000000000 >"$TMP/sale.log" 2>&1 || die "sale open"
 "$YOINK" sale create --id gone --stock 1 >>"$TMP/sale.log" 2>&1 || die "sale gone"
 

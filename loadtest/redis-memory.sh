@@ -45,15 +45,7 @@ SALE=mem
 resolve_yoink
 
 log "a private redis-server, yoink serve"
-start_private_redis "$TMP"
-PIDS+=("$REDIS_PID")
-RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
-export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
-export YOINK_KEY_PREFIX="mem:"
-export RUST_LOG=${RUST_LOG:-warn}
-DB_CREATED=1
-"$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed"
+private_stores "mem:"
 
 used() { "${RCLI[@]}" INFO memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p'; }
 meta() { "${RCLI[@]}" HGET "${YOINK_KEY_PREFIX}{sale:$SALE}:meta" "$1"; }

@@ -45,16 +45,7 @@ private_run sold-out
 resolve_yoink
 
 log "starting a private redis-server"
-start_private_redis "$TMP"
-PIDS+=("$REDIS_PID")
-RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
-
-export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB_NAME"
-export YOINK_KEY_PREFIX="soldout:"
-export RUST_LOG=${RUST_LOG:-warn}
-DB_CREATED=1
-"$YOINK" migrate >"$TMP/migrate.log" 2>&1 || die "yoink migrate failed"
+private_stores "soldout:"
 "$YOINK" sale create --id open --stock 1000000000000 >"$TMP/sale.log" 2>&1 || die "sale open"
 "$YOINK" sale create --id gone --stock 1 >>"$TMP/sale.log" 2>&1 || die "sale gone"
 
