@@ -278,21 +278,21 @@ pub async fn watch(
 /// least `after` seconds ago and is not archived yet. A refusal or a failure is logged
 /// and tried again on a later pass; it never stops the watch.
 async fn archive_due(stores: &StoreArgs, s: &Stores, reports: &[SaleReport], after: u64) {
-    let due: Vec<String> = match s.pool.get().await {
-        Ok(client) => match client
+    let due = async {
+        let rows = s
+            .pool
+            .get()
+            .await?
             .query(
                 "SELECT sale_id FROM sales
                  WHERE archived_at IS NULL AND ends_at <= now() - make_interval(secs => $1)",
                 &[&(after as f64)],
             )
-            .await
-        {
-            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, "Cannot list the sales due for archiving.");
-                return;
-            }
-        },
+            .await?;
+        Ok::<Vec<String>, ReconcileError>(rows.iter().map(|r| r.get(0)).collect())
+    };
+    let due = match due.await {
+        Ok(due) => due,
         Err(err) => {
             tracing::warn!(error = %err, "Cannot list the sales due for archiving.");
             return;

@@ -115,10 +115,8 @@ pub async fn plan_reproject(
     let client = pool.get().await?;
     let settled: HashSet<Uuid> = client
         .query(
-            "SELECT reservation_id FROM orders WHERE reservation_id = ANY($1)
-             UNION
-             SELECT reservation_id FROM reservation_fates
-             WHERE reservation_id = ANY($1) AND fate = 'released'
+            // Decided (an order is a confirmed fate), or a hold still waiting.
+            "SELECT reservation_id FROM reservation_fates WHERE reservation_id = ANY($1)
              UNION
              SELECT reservation_id FROM holds
              WHERE reservation_id = ANY($1) AND state = 'held'",
