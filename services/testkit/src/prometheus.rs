@@ -590,9 +590,12 @@ fn skip_grouping(text: &str) -> &str {
     text
 }
 
-/// The offset of the `)` closing a `(` just before `text`.
-fn matching_close(text: &str) -> Option<usize> {
-    let mut depth = 1i32;
+/// Walks `text` outside its string literals (`"`, `'`, `` ` ``, with `\` escapes),
+/// calling `visit(offset, c, depth)` for every character there but the quotes, `depth`
+/// being the bracket depth after `c` (from 0 at the start); stops when `visit` says
+/// false. The one scanner behind `matching_close`, `top_level_positions`, `balanced`.
+fn walk_outside_strings(text: &str, mut visit: impl FnMut(usize, char, i32) -> bool) {
+    let mut depth = 0i32;
     let mut quote: Option<char> = None;
     let mut escaped = false;
     for (i, c) in text.char_indices() {
@@ -607,18 +610,34 @@ fn matching_close(text: &str) -> Option<usize> {
             continue;
         }
         match c {
-            '"' | '\'' | '`' => quote = Some(c),
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
+            '"' | '\'' | '`' => {
+                quote = Some(c);
+                continue;
             }
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
             _ => {}
         }
+        if !visit(i, c, depth) {
+            return;
+        }
     }
-    None
+}
+
+fn is_bracket(c: char) -> bool {
+    matches!(c, '(' | '[' | '{' | ')' | ']' | '}')
+}
+
+/// The offset of the `)` closing a `(` just before `text`.
+fn matching_close(text: &str) -> Option<usize> {
+    let mut close = None;
+    walk_outside_strings(text, |i, _, depth| {
+        if depth < 0 {
+            close = Some(i);
+        }
+        close.is_none()
+    });
+    close
 }
 
 /// The metric names `expr` reads (identifiers outside label matchers and grouping
@@ -722,31 +741,13 @@ pub fn metric_names(expr: &str) -> Vec<String> {
 
 /// Byte offsets in `expr` that are at nesting depth 0 and outside string literals.
 fn top_level_positions(expr: &str) -> Vec<bool> {
-    let bytes = expr.as_bytes();
-    let mut top = vec![false; bytes.len()];
-    let mut depth = 0i32;
-    let mut quote: Option<u8> = None;
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if let Some(q) = quote {
-            if c == b'\\' {
-                i += 2;
-                continue;
-            }
-            if c == q {
-                quote = None;
-            }
-        } else {
-            match c {
-                b'"' | b'\'' | b'`' => quote = Some(c),
-                b'(' | b'[' | b'{' => depth += 1,
-                b')' | b']' | b'}' => depth -= 1,
-                _ => top[i] = depth == 0,
-            }
+    let mut top = vec![false; expr.len()];
+    walk_outside_strings(expr, |i, c, depth| {
+        if !is_bracket(c) && depth == 0 {
+            top[i..i + c.len_utf8()].fill(true);
         }
-        i += 1;
-    }
+        true
+    });
     top
 }
 
@@ -829,33 +830,13 @@ fn unwrap_call(expr: &str, function: &str) -> Option<String> {
 
 /// Whether every bracket of `expr` (outside string literals) closes one it opened.
 fn balanced(expr: &str) -> bool {
-    let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in expr.chars() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '"' | '\'' | '`' => quote = Some(c),
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => {}
-        }
-    }
-    depth == 0
+    let (mut never_below, mut last) = (true, 0);
+    walk_outside_strings(expr, |_, _, depth| {
+        never_below = depth >= 0;
+        last = depth;
+        never_below
+    });
+    never_below && last == 0
 }
 
 /// A number or `vector(<number>)`: no series behind it.
