@@ -457,7 +457,11 @@ pub async fn record_from_redis(
     )
     .await?;
     let Some(entry) = entries.first() else {
-        return Err(HoldError::Unreadable(id, "its stream entry is gone".into()));
+        // The projector trims only entries PostgreSQL has: it recorded this one since
+        // the caller looked, and the trimmer removed it.
+        return recorded_since(pool, id)
+            .await?
+            .ok_or_else(|| HoldError::Unreadable(id, "its stream entry is gone".into()));
     };
     match SaleEvent::from_fields(&stream::fields(entry)) {
         Ok(SaleEvent::Reserved(r)) if r.reservation_id == id => {
@@ -475,6 +479,24 @@ pub async fn record_from_redis(
             format!("its stream entry is not its reservation: {other:?}"),
         )),
     }
+}
+
+/// What PostgreSQL holds of the reservation `id` whose stream entry was trimmed: a
+/// hold row (`Recorded`), a fate without one (`NotAHold`), or nothing (`None`).
+async fn recorded_since(pool: &Pool, id: ReservationId) -> Result<Option<FromRedis>, HoldError> {
+    let db = pool.get().await?;
+    let row = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM holds WHERE reservation_id = $1),
+                    EXISTS (SELECT 1 FROM reservation_fates WHERE reservation_id = $1)",
+            &[&id.as_uuid()],
+        )
+        .await?;
+    Ok(match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+        (true, _) => Some(FromRedis::Recorded),
+        (false, true) => Some(FromRedis::NotAHold),
+        (false, false) => None,
+    })
 }
 
 /// What `apply` did in Redis.

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use yoink_core::holds::{self, Action, HoldState};
+use yoink_core::holds::{self, Action, FromRedis, HoldError, HoldState};
 use yoink_core::scripts::{self, ReserveError, SaleTerms};
+use yoink_core::stream::read_range;
 use yoink_core::{Position, ReservationId, SaleId, UserId, rebuild};
 use yoink_testkit::{TestApp, eventually, spawn_app};
 
@@ -247,4 +248,61 @@ async fn a_rebuild_keeps_waiting_holds_with_their_deadlines_and_holds_the_unreco
             .expect("apply"),
         holds::Applied::Now
     );
+}
+
+/// A confirm that looked in PostgreSQL before the projector recorded its hold, then in
+/// Redis after the trimmer removed the stream entry, finds the hold PostgreSQL has now
+/// (it used to answer 500). An entry gone with nothing in PostgreSQL stays unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_whose_entry_was_trimmed_is_read_from_postgresql() {
+    let app = spawn_app().await;
+    let held = app.create_sale_with("trimmed", hold_terms(10, 5, 60)).await;
+    let plain = app
+        .create_sale_with("trimmed-plain", hold_terms(10, 5, 0))
+        .await;
+    let recorded = reserve(&app, &held, "u1").await.expect("a hold");
+    let ordered = reserve(&app, &plain, "u3").await.expect("a reservation");
+    let pool = app.db.pool();
+    let mut redis = app.redis.clone();
+    assert_eq!(
+        holds::record_from_redis(&mut redis, app.keys(), &pool, &held, recorded)
+            .await
+            .expect("record"),
+        FromRedis::Recorded
+    );
+    let projector = app.projector("p1");
+    let projected = eventually(Duration::from_secs(10), || async {
+        app.db.scalar("SELECT count(*) FROM orders").await == 1
+    })
+    .await;
+    projector.stop().await;
+    assert!(projected, "the plain reservation became an order");
+    let never_recorded = reserve(&app, &held, "u2").await.expect("a hold");
+
+    for sale in [&held, &plain] {
+        let key = app.keys().events(sale);
+        let ids: Vec<String> = read_range(&mut redis, &key, "-", "+")
+            .await
+            .expect("XRANGE")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let _: i64 = redis.xdel(&key, &ids).await.expect("XDEL");
+    }
+    assert_eq!(
+        holds::record_from_redis(&mut redis, app.keys(), &pool, &held, recorded)
+            .await
+            .expect("a trimmed hold PostgreSQL has"),
+        FromRedis::Recorded
+    );
+    assert_eq!(
+        holds::record_from_redis(&mut redis, app.keys(), &pool, &plain, ordered)
+            .await
+            .expect("a trimmed reservation PostgreSQL decided"),
+        FromRedis::NotAHold
+    );
+    assert!(matches!(
+        holds::record_from_redis(&mut redis, app.keys(), &pool, &held, never_recorded).await,
+        Err(HoldError::Unreadable(id, _)) if id == never_recorded
+    ));
 }

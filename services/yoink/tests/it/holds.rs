@@ -1,5 +1,6 @@
 //! Holds under a race: confirm, cancel and expiry fight over the same holds while a
-//! projector is SIGKILLed, and every reservation still ends with exactly one fate.
+//! projector is SIGKILLed and the streams are trimmed as fast as the projectors can,
+//! and every reservation still ends with exactly one fate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,9 @@ fn start_projector(app: &TestApp, name: &str) -> Spawned {
             .args(["--block-ms", "100", "--claim-idle-ms", "500"])
             .args(["--claim-interval-ms", "100"])
             .args(["--discover-interval-ms", "100"])
-            .args(["--expiry-interval-ms", "100"]),
+            .args(["--expiry-interval-ms", "100"])
+            // A decision may read a hold's stream entry just as the trimmer removes it.
+            .args(["--trim-interval-ms", "10"]),
     )
 }
 
