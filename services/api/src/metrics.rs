@@ -14,7 +14,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use hyper::Method;
-use metrics::{Counter, Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{
+    Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use yoink_core::ids::SaleTag;
 use yoink_core::{SaleId, scripts, telemetry};
@@ -162,22 +164,67 @@ pub fn describe() {
     );
 }
 
+/// The series every request touches, made once by `register`: recording a request of a
+/// known route and status is a map lookup, with no label strings built and no lookup in
+/// the recorder's registry (the sold-out fast path answers tens of thousands a second).
+struct HotSeries {
+    requests: HashMap<(&'static str, &'static str, u16), RequestSeries>,
+    in_flight: Gauge,
+    sold_out_local: Counter,
+}
+
+struct RequestSeries {
+    count: Counter,
+    duration: Histogram,
+}
+
+static HOT: OnceLock<HotSeries> = OnceLock::new();
+
+fn request_series(route: &'static str, method: &'static str, status: u16) -> RequestSeries {
+    let labels: [(&str, metrics::SharedString); 3] = [
+        ("route", route.into()),
+        ("method", method.into()),
+        ("status", status_label(status)),
+    ];
+    RequestSeries {
+        count: metrics::counter!(HTTP_REQUESTS, &labels),
+        duration: metrics::histogram!(HTTP_DURATION, &labels),
+    }
+}
+
+/// A status code as a label value without allocating for the usual ones.
+fn status_label(status: u16) -> metrics::SharedString {
+    match status {
+        200 => "200".into(),
+        201 => "201".into(),
+        202 => "202".into(),
+        404 => "404".into(),
+        409 => "409".into(),
+        503 => "503".into(),
+        other => other.to_string().into(),
+    }
+}
+
 /// Creates the known series at zero: requests by route and status, the durability
 /// waits, hold confirm times (the reservation outcomes: `SaleLabels::new`).
 fn register() {
+    let mut requests = HashMap::new();
     for (route, method, statuses) in ROUTES {
         for status in *statuses {
-            let labels = [
-                ("route", (*route).to_owned()),
-                ("method", (*method).to_owned()),
-                ("status", status.to_string()),
-            ];
-            metrics::counter!(HTTP_REQUESTS, &labels).increment(0);
-            let _ = metrics::histogram!(HTTP_DURATION, &labels);
+            let series = request_series(route, method, *status);
+            series.count.increment(0);
+            requests.insert((*route, *method, *status), series);
         }
     }
-    metrics::gauge!(RESERVE_IN_FLIGHT).set(0.0);
-    metrics::counter!(SOLD_OUT_LOCAL).increment(0);
+    let hot = HotSeries {
+        requests,
+        in_flight: metrics::gauge!(RESERVE_IN_FLIGHT),
+        sold_out_local: metrics::counter!(SOLD_OUT_LOCAL),
+    };
+    hot.in_flight.set(0.0);
+    hot.sold_out_local.increment(0);
+    // A second recorder in one process (tests) keeps the first's handles: both render.
+    let _ = HOT.set(hot);
     for outcome in ["acked", "timeout"] {
         metrics::counter!(durability::WAITS, "outcome" => outcome).increment(0);
     }
@@ -202,13 +249,24 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 pub fn record_request(route: &'static str, method: &Method, status: u16, elapsed: Duration) {
-    let labels = [
-        ("route", route.to_owned()),
-        ("method", method_label(method).to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+    let method = method_label(method);
+    let record = |series: &RequestSeries| {
+        series.count.increment(1);
+        series.duration.record(elapsed.as_secs_f64());
+    };
+    match HOT.get().and_then(|hot| hot.requests.get(&(route, method, status))) {
+        Some(series) => record(series),
+        // A status no route lists (or the recorder off): born at its first request.
+        None => record(&request_series(route, method, status)),
+    }
+}
+
+/// Counts a buy answered `sold_out` from this instance's memory.
+pub fn sold_out_answered_locally() {
+    match HOT.get() {
+        Some(hot) => hot.sold_out_local.increment(1),
+        None => metrics::counter!(SOLD_OUT_LOCAL).increment(1),
+    }
 }
 
 /// The `yoink_reservations_total` outcome of a buy: `reserved` or `replayed` for a
@@ -231,7 +289,10 @@ pub fn record_reservation(
 }
 
 pub fn set_in_flight(in_flight: usize) {
-    metrics::gauge!(RESERVE_IN_FLIGHT).set(in_flight as f64);
+    match HOT.get() {
+        Some(hot) => hot.in_flight.set(in_flight as f64),
+        None => metrics::gauge!(RESERVE_IN_FLIGHT).set(in_flight as f64),
+    }
 }
 
 /// The process's sale labels, made on first use (after the recorder, by `install`).

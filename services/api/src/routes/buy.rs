@@ -23,7 +23,7 @@ use yoink_core::{ReservationId, SaleId, UserId};
 use crate::body::{parse_json, read_json_body};
 use crate::error::ApiError;
 use crate::log_limiter::{LogLimiter, REFUSAL_LOG_INTERVAL};
-use crate::metrics::{SOLD_OUT_LOCAL, record_reservation, set_in_flight};
+use crate::metrics::{record_reservation, set_in_flight, sold_out_answered_locally};
 use crate::response::{ExpiresAt, Response, json_response};
 use crate::state::AppState;
 
@@ -130,7 +130,7 @@ async fn reserve(
     };
     // A buy with an Idempotency-Key may be the retry of a 202: only Redis knows.
     if idempotency_key.is_none() && state.sold_out.refuses(&buy.sale_id, buy.quantity) {
-        metrics::counter!(SOLD_OUT_LOCAL).increment(1);
+        sold_out_answered_locally();
         return Err(ApiError::SoldOut);
     }
     if !state.durability.satisfied() {
