@@ -254,7 +254,10 @@ pub fn record_request(route: &'static str, method: &Method, status: u16, elapsed
         series.count.increment(1);
         series.duration.record(elapsed.as_secs_f64());
     };
-    match HOT.get().and_then(|hot| hot.requests.get(&(route, method, status))) {
+    match HOT
+        .get()
+        .and_then(|hot| hot.requests.get(&(route, method, status)))
+    {
         Some(series) => record(series),
         // A status no route lists (or the recorder off): born at its first request.
         None => record(&request_series(route, method, status)),

@@ -16,7 +16,7 @@ pub mod report;
 pub mod snapshot;
 mod stores;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -177,6 +177,11 @@ pub async fn run_once(
 
 /// `--watch`: checks every `every`, exports gauges on `metrics_listen`, forever (until
 /// `shutdown`). A divergence is flagged once it held the same values for `grace`.
+///
+/// An archived sale whose books balance is checked once per watch, not on every pass:
+/// nothing writes to it any more, and a shop that archives a sale a day would otherwise
+/// recount every order it ever sold, every pass. `yoink reconcile --all` (one shot) and
+/// `--sale ID` (also with `--watch`) still check it every time.
 pub async fn watch(
     stores: &StoreArgs,
     args: &ReconcileArgs,
@@ -204,6 +209,7 @@ pub async fn watch(
     telemetry::watch_runtime();
     let grace = Duration::from_secs(args.grace);
     let mut first_seen: HashMap<SaleId, (SaleReport, Instant)> = HashMap::new();
+    let mut archived_balanced: HashSet<SaleId> = HashSet::new();
     let mut stores_open: Option<Stores> = None;
     let mut failing = false;
     tokio::pin!(shutdown);
@@ -215,7 +221,14 @@ pub async fn watch(
             let s = stores_open.as_mut().expect("opened above");
             let mut reports = Vec::new();
             for sale in s.sales(args).await? {
+                if archived_balanced.contains(&sale) {
+                    continue;
+                }
                 let (mut report, _) = s.measure(&sale).await?;
+                if report.status == Status::Archived && args.sale.is_none() {
+                    tracing::info!(sale_id = %sale, "Archived sale balances in PostgreSQL; this watch checks it no more (yoink reconcile --sale does).");
+                    archived_balanced.insert(sale.clone());
+                }
                 if report.status == Status::Unsettled {
                     let entry = first_seen
                         .entry(report.sale_id.clone())

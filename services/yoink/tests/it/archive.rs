@@ -379,6 +379,7 @@ async fn archiving_works_on_a_redis_cluster() {
 
 /// `yoink reconcile --watch --archive-after SECS` archives a sale on its own once it
 /// has ended that long ago and a pass found it consistent, and leaves a live one be.
+/// Once archived and balanced, the sale is checked once more, then no longer every pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
     let app = spawn_app().await;
@@ -393,10 +394,12 @@ async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
     assert_eq!(code, Some(0), "{text}");
 
     let port = yoink_testkit::free_port();
+    let passes = tempfile::NamedTempFile::new().expect("a file for the watch's output");
     let mut watch = app
         .yoink_command(YOINK)
         .args([
             "reconcile",
+            "--json",
             "--watch",
             "1",
             "--grace",
@@ -405,7 +408,7 @@ async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
             "1",
         ])
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
+        .stdout(passes.reopen().expect("the watch's output file"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn reconcile --watch");
@@ -414,6 +417,22 @@ async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
             && keys_of_sale(&app.stores.redis_url, app.keys(), &ended)
                 .await
                 .is_empty()
+    })
+    .await;
+    // The reports of each sale, in pass order, once three passes ran after the archive.
+    let reports = |sale: &'static str| {
+        std::fs::read_to_string(passes.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["sale_id"] == sale)
+            .map(|r| r["status"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<String>>()
+    };
+    let later_passes = yoink_testkit::eventually(Duration::from_secs(30), || async {
+        let live = reports("arch-auto-live");
+        let ended = reports("arch-auto");
+        archived && live.len() >= ended.len() + 3
     })
     .await;
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
@@ -427,6 +446,22 @@ async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
     projector.stop().await;
 
     assert!(archived, "the ended sale was never archived");
+    assert!(
+        later_passes,
+        "no three passes without the archived sale: live {:?}, archived {:?}",
+        reports("arch-auto-live"),
+        reports("arch-auto")
+    );
+    let ended = reports("arch-auto");
+    assert_eq!(
+        ended.iter().filter(|s| *s == "archived").count(),
+        1,
+        "checked once archived, then no more: {ended:?}"
+    );
+    assert!(
+        ended.iter().all(|s| s == "consistent" || s == "archived"),
+        "{ended:?}"
+    );
     assert!(
         metrics.contains(r#"yoink_sales_archived_total{sale="arch-auto"} 1"#),
         "{metrics}"
