@@ -97,15 +97,7 @@ pub fn describe() {
         RELEASED_UNITS,
         "Units given back to stock (dead-letter releases and expired holds), by sale."
     );
-    describe_counter!(
-        TRANSIENT_ERRORS,
-        "Failures the projector retried, by kind (redis, postgres, recovering, malformed, unexpected, expiry, dead_letter, relay)."
-    );
-    describe_counter!(
-        OUTBOX_PUBLISHED,
-        "Outbox rows the relay published downstream."
-    );
-    describe_gauge!(OUTBOX_UNPUBLISHED, "Outbox rows not yet published.");
+    describe_relay();
     describe_gauge!(
         POOL_IN_USE,
         "PostgreSQL connections of the projector's pool checked out (sampled every second)."
@@ -137,6 +129,22 @@ pub fn describe() {
     );
 }
 
+/// HELP text for the relay's metrics, and its series at zero: also for `yoink relay`
+/// alone, whose process records nothing else of the projector's.
+pub fn describe_relay() {
+    describe_counter!(
+        OUTBOX_PUBLISHED,
+        "Outbox rows the relay published downstream."
+    );
+    describe_gauge!(OUTBOX_UNPUBLISHED, "Outbox rows not yet published.");
+    describe_counter!(
+        TRANSIENT_ERRORS,
+        "Failures the projector retried, by kind (redis, postgres, recovering, malformed, unexpected, expiry, dead_letter, relay)."
+    );
+    metrics::counter!(OUTBOX_PUBLISHED).increment(0);
+    metrics::counter!(TRANSIENT_ERRORS, "kind" => "relay").increment(0);
+}
+
 /// Creates the projector's series with no sale label at zero.
 pub fn register() {
     for outcome in EVENT_OUTCOMES {
@@ -145,7 +153,6 @@ pub fn register() {
     for kind in TRANSIENT_KINDS {
         metrics::counter!(TRANSIENT_ERRORS, "kind" => kind).increment(0);
     }
-    metrics::counter!(OUTBOX_PUBLISHED).increment(0);
     let _ = metrics::histogram!(BATCH_SIZE);
     let _ = metrics::histogram!(BATCH_SECONDS);
     let _ = metrics::histogram!(holds::EXPIRY_LAG_SECONDS);
@@ -283,6 +290,32 @@ mod tests {
                 r#"yoink_dead_letters_total{sale="first-dead-letter"}"#
             ),
             Some(1.0)
+        );
+    }
+
+    #[test]
+    fn the_relay_alone_describes_its_metrics() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe_relay();
+            metrics::gauge!(OUTBOX_UNPUBLISHED).set(3.0);
+        });
+        let page = handle.render();
+        for help in [
+            "# HELP yoink_outbox_published_total ",
+            "# HELP yoink_outbox_unpublished ",
+            "# HELP yoink_projector_transient_errors_total ",
+        ] {
+            assert!(page.contains(help), "{help:?} missing from:\n{page}");
+        }
+        assert_eq!(sample(&page, "yoink_outbox_published_total"), Some(0.0));
+        assert_eq!(
+            sample(
+                &page,
+                r#"yoink_projector_transient_errors_total{kind="relay"}"#
+            ),
+            Some(0.0)
         );
     }
 

@@ -162,6 +162,7 @@ pub async fn run(
     args: RelayArgs,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    metrics::describe_relay();
     let mut backoff = Backoff::new();
     let mut failing = false;
     let mut next_gauge = tokio::time::Instant::now();
