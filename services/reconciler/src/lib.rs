@@ -21,6 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use yoink_core::{SaleId, StoreArgs, telemetry};
 
 use crate::error::ReconcileError;
@@ -311,27 +312,39 @@ async fn archive_due(stores: &StoreArgs, s: &Stores, reports: &[SaleReport], aft
             return;
         }
     };
-    for report in reports {
-        if report.status != Status::Consistent || !due.contains(&report.sale_id.to_string()) {
-            continue;
+    let due: Vec<SaleId> = reports
+        .iter()
+        .filter(|r| r.status == Status::Consistent && due.contains(&r.sale_id.to_string()))
+        .map(|r| r.sale_id.clone())
+        .collect();
+    // Side by side, so sales that ended together wait out one settle, not one each.
+    futures::stream::iter(due)
+        .map(|sale| archive_one(stores, sale, after))
+        .buffer_unordered(ARCHIVES_AT_ONCE)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Most sales `--archive-after` archives at once (each with its own connections).
+const ARCHIVES_AT_ONCE: usize = 8;
+
+async fn archive_one(stores: &StoreArgs, sale: SaleId, after: u64) {
+    let args = archived::ArchiveArgs {
+        id: sale.to_string(),
+        yes: true,
+        settle_ms: 3_000,
+    };
+    let mut said = Vec::new();
+    match archived::archive(stores, &args, &mut said).await {
+        Ok(0) => {
+            exported::archived(&sale);
+            tracing::info!(sale_id = %sale, after_secs = after, "Archived the sale (--archive-after).");
         }
-        let args = archived::ArchiveArgs {
-            id: report.sale_id.to_string(),
-            yes: true,
-            settle_ms: 3_000,
-        };
-        let mut said = Vec::new();
-        match archived::archive(stores, &args, &mut said).await {
-            Ok(0) => {
-                exported::archived(&report.sale_id);
-                tracing::info!(sale_id = %report.sale_id, after_secs = after, "Archived the sale (--archive-after).");
-            }
-            Ok(_) => {
-                tracing::warn!(sale_id = %report.sale_id, plan = %String::from_utf8_lossy(&said), "Archive left Redis keys; trying again next pass.");
-            }
-            Err(err) => {
-                tracing::info!(sale_id = %report.sale_id, error = %err, "Not archived yet (--archive-after).");
-            }
+        Ok(_) => {
+            tracing::warn!(sale_id = %sale, plan = %String::from_utf8_lossy(&said), "Archive left Redis keys; trying again next pass.");
+        }
+        Err(err) => {
+            tracing::info!(sale_id = %sale, error = %err, "Not archived yet (--archive-after).");
         }
     }
 }

@@ -55,6 +55,13 @@ pub fn sale_metric(metric: &str, sale: &yoink_core::SaleId) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The wall clock in Unix milliseconds, as sale times and hold deadlines count it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
 where

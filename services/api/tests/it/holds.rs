@@ -9,7 +9,7 @@ use serde_json::Value;
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{ReservationId, SaleId};
 use yoink_testkit::{
-    AppOptions, PrivatePostgres, PrivateRedis, TestApp, spawn_app, spawn_app_with,
+    AppOptions, PrivatePostgres, PrivateRedis, TestApp, now_ms, spawn_app, spawn_app_with,
 };
 
 const CHECKOUT: &str = "checkout-s3cret";
@@ -65,10 +65,6 @@ async fn reservation(app: &TestApp, id: &str) -> Value {
 
 fn error_of(answer: &(u16, Value)) -> (u16, Option<&str>) {
     (answer.0, answer.1["error"].as_str())
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

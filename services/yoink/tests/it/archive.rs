@@ -9,7 +9,7 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use yoink_core::scripts::SaleTerms;
 use yoink_core::{Keyspace, SaleId};
-use yoink_testkit::{AppOptions, PrivateRedisCluster, TestApp, spawn_app, spawn_app_with};
+use yoink_testkit::{AppOptions, PrivateRedisCluster, TestApp, now_ms, spawn_app, spawn_app_with};
 
 use crate::YOINK;
 
@@ -379,19 +379,28 @@ async fn archiving_works_on_a_redis_cluster() {
 
 /// `yoink reconcile --watch --archive-after SECS` archives a sale on its own once it
 /// has ended that long ago and a pass found it consistent, and leaves a live one be.
-/// Once archived and balanced, the sale is checked once more, then no longer every pass.
+/// Two sales that end together are archived side by side (one settle wait, not one
+/// each). Once archived and balanced, a sale is checked once more, then no longer every
+/// pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
     let app = spawn_app().await;
-    let ended = app.create_sale("arch-auto", 10, 0).await;
+    let ends_at_ms = now_ms() + 5_000;
+    let ending = |stock| SaleTerms {
+        initial_stock: stock,
+        ends_at_ms,
+        ..SaleTerms::default()
+    };
+    let ended = app.create_sale_with("arch-auto", ending(10)).await;
+    let twin = app.create_sale_with("arch-auto-twin", ending(5)).await;
     let live = app.create_sale("arch-auto-live", 10, 0).await;
     app.reserve_many(&ended, "u", 3).await;
+    app.reserve_many(&twin, "t", 2).await;
     app.reserve_many(&live, "v", 2).await;
     let projector = app.projector("arch-auto");
-    assert!(app.wait_drained(&ended, Duration::from_secs(30)).await);
-    assert!(app.wait_drained(&live, Duration::from_secs(30)).await);
-    let (code, text) = run(&app, &["sale", "end", "--id", "arch-auto"]);
-    assert_eq!(code, Some(0), "{text}");
+    for sale in [&ended, &twin, &live] {
+        assert!(app.wait_drained(sale, Duration::from_secs(30)).await);
+    }
 
     let port = yoink_testkit::free_port();
     let passes = tempfile::NamedTempFile::new().expect("a file for the watch's output");
@@ -414,6 +423,7 @@ async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
         .expect("spawn reconcile --watch");
     let archived = yoink_testkit::eventually(Duration::from_secs(30), || async {
         archived_at_is_set(&app, "arch-auto").await
+            && archived_at_is_set(&app, "arch-auto-twin").await
             && keys_of_sale(&app.stores.redis_url, app.keys(), &ended)
                 .await
                 .is_empty()
@@ -445,7 +455,18 @@ async fn the_watch_archives_an_ended_consistent_sale_after_its_delay() {
     let _ = watch.wait();
     projector.stop().await;
 
-    assert!(archived, "the ended sale was never archived");
+    assert!(archived, "the ended sales were never archived");
+    let apart_ms = app
+        .db
+        .scalar(
+            "SELECT (extract(epoch FROM max(archived_at) - min(archived_at)) * 1000)::bigint
+             FROM sales WHERE sale_id IN ('arch-auto', 'arch-auto-twin')",
+        )
+        .await;
+    assert!(
+        apart_ms < 2_000,
+        "archived {apart_ms} ms apart: one after the other's 3 s settle"
+    );
     assert!(
         later_passes,
         "no three passes without the archived sale: live {:?}, archived {:?}",

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::join_all;
 use redis::AsyncCommands;
 use serde_json::Value;
 use yoink_core::scripts::SaleTerms;
-use yoink_testkit::{AppOptions, Spawned, TestApp, eventually, spawn_app_with};
+use yoink_testkit::{AppOptions, Spawned, TestApp, eventually, now_ms, spawn_app_with};
 
 use crate::YOINK;
 
@@ -27,12 +27,6 @@ fn start_projector(app: &TestApp, name: &str) -> Spawned {
             // A decision may read a hold's stream entry just as the trimmer removes it.
             .args(["--trim-interval-ms", "10"]),
     )
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// `POST /reservations/{id}/{action}` with the checkout token, retried on 503 as a
