@@ -58,14 +58,17 @@ largest_keys() {
   done | sort -rn | head -n 6
 }
 per_reservation() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f", (a - b) / n }'; }
-# sale_bytes: MEMORY USAGE summed over every key under the sale's tag.
+# sale_bytes [SAMPLES]: MEMORY USAGE summed over every key under the sale's tag; exact
+# (SAMPLES 0, every element walked) unless given Redis's default sample of 5, which is
+# what reconcile --watch's yoink_sale_redis_memory_bytes reads.
 sale_bytes() {
-  local key total=0
+  local key total=0 samples=${1:-0}
   for key in $(tagged_keys); do
-    total=$((total + $("${RCLI[@]}" MEMORY USAGE "$key" SAMPLES 0)))
+    total=$((total + $("${RCLI[@]}" MEMORY USAGE "$key" SAMPLES "$samples")))
   done
   echo "$total"
 }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 EVENTS_OUT="${YOINK_KEY_PREFIX}yoink:order-events"
 
 BASELINE=$(used)
@@ -84,6 +87,7 @@ TAKEN=$(meta reserved)
 STREAM="${YOINK_KEY_PREFIX}{sale:$SALE}:events"
 IN_FLIGHT=$(used)
 IN_FLIGHT_SALE=$(sale_bytes)
+IN_FLIGHT_SAMPLED=$(sale_bytes 5)
 IN_FLIGHT_LEN=$("${RCLI[@]}" XLEN "$STREAM")
 IN_FLIGHT_KEYS=$(largest_keys)
 
@@ -100,6 +104,7 @@ done
 [[ $(orders) -ge $TAKEN ]] || die "orders: $(orders) of $TAKEN after 300 s"
 PROJECTED=$(used)
 PROJECTED_SALE=$(sale_bytes)
+PROJECTED_SAMPLED=$(sale_bytes 5)
 ORDER_EVENTS_LEN=$("${RCLI[@]}" XLEN "$EVENTS_OUT")
 ORDER_EVENTS_BYTES=$("${RCLI[@]}" MEMORY USAGE "$EVENTS_OUT" SAMPLES 0)
 PROJECTED_LEN=$("${RCLI[@]}" XLEN "$STREAM")
@@ -131,6 +136,9 @@ printf '%-30s sale keys %10s B = %4s B/reservation   used_memory +%10s B = %4s B
   "$((PROJECTED - BASELINE))" "$(per_reservation "$PROJECTED" "$BASELINE" "$TAKEN")" "$PROJECTED_LEN"
 printf '%-30s %s entries, %s B (shared by every sale; capped by --order-events-max-len)\n' \
   "  of which order events" "$ORDER_EVENTS_LEN" "$ORDER_EVENTS_BYTES"
+printf '%-30s in flight %s B (%s of exact), projected and trimmed %s B (%s of exact)\n' \
+  "sampled (yoink_sale_redis_memory_bytes)" "$IN_FLIGHT_SAMPLED" "$(ratio "$IN_FLIGHT_SAMPLED" "$IN_FLIGHT_SALE")" \
+  "$PROJECTED_SAMPLED" "$(ratio "$PROJECTED_SAMPLED" "$PROJECTED_SALE")"
 printf '%-30s %s keys under the sale tag; used_memory +%s B (the order events and allocator pages stay)\n' \
   "archived" "$ARCHIVED_KEYS" "$((ARCHIVED - BASELINE))"
 echo "largest keys, in flight:"; echo "$IN_FLIGHT_KEYS"

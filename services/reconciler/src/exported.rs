@@ -19,6 +19,9 @@ pub const ERRORS: &str = "yoink_reconcile_errors_total";
 /// Sales `--watch --archive-after` archived (`lib.rs`).
 pub const ARCHIVED: &str = "yoink_sales_archived_total";
 
+/// Bytes of Redis memory a sale's keys take (`memory.rs`), by sale.
+pub const REDIS_MEMORY: &str = "yoink_sale_redis_memory_bytes";
+
 /// Every `kind` of `yoink_reconcile_errors_total`.
 pub const ERROR_KINDS: [&str; 7] = [
     "redis",
@@ -59,6 +62,11 @@ pub fn archived(sale: &yoink_core::SaleId) {
     metrics::counter!(ARCHIVED, "sale" => sale.to_string()).increment(1);
 }
 
+/// Records what a sale's Redis keys take.
+pub fn redis_memory(sale: &yoink_core::SaleId, bytes: u64) {
+    metrics::gauge!(REDIS_MEMORY, "sale" => sale.to_string()).set(bytes as f64);
+}
+
 /// HELP text for every reconciler metric.
 pub fn describe() {
     describe_gauge!(
@@ -97,6 +105,11 @@ pub fn describe() {
     describe_counter!(
         ERRORS,
         "Reconcile passes that failed, by kind (redis, postgres, rebuild, snapshot, unknown_sale, output, other)."
+    );
+    describe_gauge!(
+        REDIS_MEMORY,
+        metrics::Unit::Bytes,
+        "Redis memory of the sale's keys (MEMORY USAGE, sampled for the large ones; 0 once archived), by sale."
     );
     describe_counter!(
         ARCHIVED,

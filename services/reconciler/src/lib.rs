@@ -11,6 +11,7 @@
 pub mod archived;
 pub mod error;
 pub mod exported;
+pub mod memory;
 pub mod repair;
 pub mod report;
 pub mod snapshot;
@@ -226,6 +227,14 @@ pub async fn watch(
                     continue;
                 }
                 let (mut report, _) = s.measure(&sale).await?;
+                match memory::sale_bytes(&mut s.redis, &s.keys, &sale).await {
+                    Ok(bytes) => exported::redis_memory(&sale, bytes),
+                    // A Redis that refuses MEMORY (some managed ones rename it) costs
+                    // this gauge only, never the pass.
+                    Err(err) => {
+                        tracing::debug!(sale_id = %sale, error = %err, "MEMORY USAGE failed: no memory figure for the sale this pass.");
+                    }
+                }
                 if report.status == Status::Archived && args.sale.is_none() {
                     tracing::info!(sale_id = %sale, "Archived sale balances in PostgreSQL; this watch checks it no more (yoink reconcile --sale does).");
                     archived_balanced.insert(sale.clone());

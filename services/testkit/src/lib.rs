@@ -46,13 +46,15 @@ pub fn free_port() -> u16 {
 /// The value of `metric{sale="<sale>"}` on this process's Prometheus page (0 when it is
 /// not there yet).
 pub fn sale_metric(metric: &str, sale: &yoink_core::SaleId) -> f64 {
-    let prefix = format!("{metric}{{sale=\"{sale}\"}} ");
-    yoink_core::telemetry::prometheus()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
+    let page = yoink_core::telemetry::prometheus().render();
+    metric_value(&page, &format!("{metric}{{sale=\"{sale}\"}}")).unwrap_or(0.0)
+}
+
+/// The value of `series` (name and labels as Prometheus renders them) on a metrics page.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The wall clock in Unix milliseconds, as sale times and hold deadlines count it.

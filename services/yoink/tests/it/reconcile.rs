@@ -276,6 +276,32 @@ async fn watch_exports_the_gauges_on_metrics() {
         "{text}"
     );
     assert!(status.success(), "{status:?}");
+    // What the sale's keys take, as Redis counts it exactly (every element walked).
+    let exported =
+        yoink_testkit::metric_value(&text, r#"yoink_sale_redis_memory_bytes{sale="watched"}"#)
+            .unwrap_or_else(|| panic!("no memory gauge in:\n{text}"));
+    let mut redis = app.redis.clone();
+    let mut exact = 0.0;
+    for key in app.keys().all_of_sale(&sale) {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut redis)
+            .await
+            .expect("MEMORY USAGE");
+        exact += bytes.unwrap_or(0) as f64;
+    }
+    assert!(exact > 0.0);
+    assert!(
+        (exported - exact).abs() <= exact * 0.1,
+        "exported {exported} B, exact {exact} B"
+    );
+    assert!(
+        text.contains("# HELP yoink_sale_redis_memory_bytes "),
+        "{text}"
+    );
 }
 
 async fn reqwest_get(url: &str) -> Result<String, reqwest::Error> {
