@@ -114,7 +114,8 @@ impl ProjectorArgs {
     }
 
     /// The defaults with a consumer name, no metrics listener and timings short enough
-    /// for tests.
+    /// for tests; trimming every 50 ms, so every test that runs a projector also runs
+    /// the trimmer beside whatever it checks.
     pub fn local(consumer: &str) -> Self {
         let defaults = Self::defaults();
         Self {
@@ -127,6 +128,7 @@ impl ProjectorArgs {
             discover_interval_ms: 100,
             fence_interval_ms: 200,
             expiry_interval_ms: 100,
+            trim_interval_ms: 50,
             relay: RelayArgs {
                 interval_ms: 50,
                 ..defaults.relay
