@@ -45,6 +45,8 @@ async fn main() {
         write_parallelism: parallel,
         block_ms: 500,
         claim_idle_ms: 30_000,
+        // Trimming paced as in production, not as in tests.
+        trim_interval_ms: ProjectorArgs::defaults().trim_interval_ms,
         ..ProjectorArgs::local("bench")
     };
     let started = Instant::now();
