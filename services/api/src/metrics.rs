@@ -120,7 +120,9 @@ pub fn install(switch: MetricsSwitch) -> PrometheusHandle {
     }
     let handle = telemetry::prometheus();
     describe();
-    register();
+    // The first install wins: a second one in the same process (tests) shares the
+    // process's one recorder.
+    let _ = HOT.set(register());
     sale_labels();
     telemetry::watch_runtime();
     handle
@@ -206,8 +208,10 @@ fn status_label(status: u16) -> metrics::SharedString {
 }
 
 /// Creates the known series at zero: requests by route and status, the durability
-/// waits, hold confirm times (the reservation outcomes: `SaleLabels::new`).
-fn register() {
+/// waits, hold confirm times (the reservation outcomes: `SaleLabels::new`). Returns the
+/// hot ones' handles, which only `install` keeps (they belong to the recorder current
+/// here, and only `install`'s is the process's).
+fn register() -> HotSeries {
     let mut requests = HashMap::new();
     for (route, method, statuses) in ROUTES {
         for status in *statuses {
@@ -223,8 +227,6 @@ fn register() {
     };
     hot.in_flight.set(0.0);
     hot.sold_out_local.increment(0);
-    // A second recorder in one process (tests) keeps the first's handles: both render.
-    let _ = HOT.set(hot);
     for outcome in ["acked", "timeout"] {
         metrics::counter!(durability::WAITS, "outcome" => outcome).increment(0);
     }
@@ -232,6 +234,7 @@ fn register() {
     // Recorded by this process's hold confirms (POST /reservations/{id}/confirm): born at
     // zero, so the first confirm is a rise a rate() can see.
     let _ = metrics::histogram!(yoink_core::holds::CONFIRM_SECONDS);
+    hot
 }
 
 /// Methods outside the usual set share one label value, keeping the label closed.
@@ -448,7 +451,7 @@ mod tests {
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             describe();
-            register();
+            let _ = register();
             SaleLabels::new(2);
         });
         let page = handle.render();
