@@ -398,15 +398,10 @@ impl SaleLabels {
 mod tests {
     use super::*;
     use yoink_core::scripts::ReserveError;
+    use yoink_testkit::metric_value;
 
     fn sale(id: &str) -> SaleId {
         SaleId::parse(id).expect("a valid sale id")
-    }
-
-    fn sample(page: &str, series: &str) -> Option<f64> {
-        page.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
     }
 
     #[test]
@@ -471,7 +466,11 @@ mod tests {
             r#"yoink_reservations_total{outcome="reserved",sale="other"}"#,
             "yoink_sold_out_answered_locally_total",
         ] {
-            assert_eq!(sample(&page, series), Some(0.0), "{series} in:\n{page}");
+            assert_eq!(
+                metric_value(&page, series),
+                Some(0.0),
+                "{series} in:\n{page}"
+            );
         }
     }
 
@@ -529,7 +528,11 @@ mod tests {
                 0.0,
             ),
         ] {
-            assert_eq!(sample(&page, series), Some(value), "{series} in:\n{page}");
+            assert_eq!(
+                metric_value(&page, series),
+                Some(value),
+                "{series} in:\n{page}"
+            );
         }
         assert!(!page.contains("made-up"), "an unproven id is never a label");
         assert!(!page.contains(r#"sale="s3""#), "past the cap: other");

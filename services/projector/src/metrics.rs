@@ -241,12 +241,7 @@ pub fn trimmed(sale: &yoink_core::SaleId, entries: u64) {
 mod tests {
     use super::*;
     use metrics_exporter_prometheus::PrometheusBuilder;
-
-    fn sample(page: &str, series: &str) -> Option<f64> {
-        page.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    }
+    use yoink_testkit::metric_value;
 
     #[test]
     fn every_counter_exists_at_zero_with_help_text_before_its_first_event() {
@@ -280,12 +275,16 @@ mod tests {
             "yoink_projector_batch_size_count",
             "yoink_outbox_published_total",
         ] {
-            assert_eq!(sample(&page, series), Some(0.0), "{series} in:\n{page}");
+            assert_eq!(
+                metric_value(&page, series),
+                Some(0.0),
+                "{series} in:\n{page}"
+            );
         }
         // The first dead letter is then an increase from 0 to 1.
         metrics::with_local_recorder(&recorder, || counter_dead_letter(&sale));
         assert_eq!(
-            sample(
+            metric_value(
                 &handle.render(),
                 r#"yoink_dead_letters_total{sale="first-dead-letter"}"#
             ),
@@ -309,9 +308,12 @@ mod tests {
         ] {
             assert!(page.contains(help), "{help:?} missing from:\n{page}");
         }
-        assert_eq!(sample(&page, "yoink_outbox_published_total"), Some(0.0));
         assert_eq!(
-            sample(
+            metric_value(&page, "yoink_outbox_published_total"),
+            Some(0.0)
+        );
+        assert_eq!(
+            metric_value(
                 &page,
                 r#"yoink_projector_transient_errors_total{kind="relay"}"#
             ),
@@ -339,10 +341,10 @@ mod tests {
         );
         metrics::with_local_recorder(&recorder, || self::pool(&pool));
         let busy = handle.render();
-        assert_eq!(sample(&busy, POOL_IN_USE), Some(1.0), "{busy}");
-        assert_eq!(sample(&busy, POOL_WAITING), Some(1.0), "{busy}");
-        assert_eq!(sample(&busy, POOL_OPEN), Some(1.0), "{busy}");
-        assert_eq!(sample(&busy, POOL_SIZE), Some(1.0), "{busy}");
+        assert_eq!(metric_value(&busy, POOL_IN_USE), Some(1.0), "{busy}");
+        assert_eq!(metric_value(&busy, POOL_WAITING), Some(1.0), "{busy}");
+        assert_eq!(metric_value(&busy, POOL_OPEN), Some(1.0), "{busy}");
+        assert_eq!(metric_value(&busy, POOL_SIZE), Some(1.0), "{busy}");
 
         drop(held);
         waiter
@@ -351,7 +353,7 @@ mod tests {
             .expect("the waiter got the connection");
         metrics::with_local_recorder(&recorder, || self::pool(&pool));
         let idle = handle.render();
-        assert_eq!(sample(&idle, POOL_IN_USE), Some(0.0), "{idle}");
-        assert_eq!(sample(&idle, POOL_WAITING), Some(0.0), "{idle}");
+        assert_eq!(metric_value(&idle, POOL_IN_USE), Some(0.0), "{idle}");
+        assert_eq!(metric_value(&idle, POOL_WAITING), Some(0.0), "{idle}");
     }
 }
