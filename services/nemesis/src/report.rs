@@ -30,6 +30,9 @@ pub struct Drain {
     pub stream_backlog: u64,
     /// The consumer group as Redis showed it, when the drain did not finish.
     pub group: Option<String>,
+    /// Entries left in the sale's stream when it ended (`XLEN`): what projectors did
+    /// not trim of everything the run appended (`None` when Redis did not answer).
+    pub stream_length: Option<u64>,
 }
 
 /// A planted fault: when, and what it did.
@@ -108,7 +111,7 @@ impl Report {
              oversold         {over}\n\
              limit exceeded   {lim} buyer(s)\n\
              rebuilds         {rebuilds} (Yoink found Redis behind PostgreSQL and rebuilt the sale)\n\
-             drain            {drained} in {drain:.1} s\n\
+             drain            {drained} in {drain:.1} s, {stream_left} entries left in the sale's stream (trimmed as PostgreSQL took them)\n\
              reconcile        {rec} (exit {rec_code})\n\
              processes        {api} API starts, {proj} projector starts\n",
             seed = self.seed,
@@ -152,6 +155,10 @@ impl Report {
                 "NOT drained"
             },
             drain = self.drain.secs,
+            stream_left = self
+                .drain
+                .stream_length
+                .map_or("unknown".to_owned(), |n| n.to_string()),
             rec = self.reconcile.status,
             rec_code = self
                 .reconcile

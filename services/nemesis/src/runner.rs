@@ -323,12 +323,18 @@ async fn drain(
             } else {
                 Some(injector.describe_group().await)
             };
+            let stream_length = injector
+                .redis
+                .xlen(injector.keys.events(&injector.sale))
+                .await
+                .ok();
             return Drain {
                 drained,
                 secs: started.elapsed().as_secs_f64(),
                 accepted_without_fate: without_fate,
                 stream_backlog: backlog,
                 group,
+                stream_length,
             };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
