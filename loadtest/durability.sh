@@ -38,9 +38,6 @@ export PGHOST PGPORT PGUSER
 export YOINK_DURABILITY_TIMEOUT_MS=${YOINK_DURABILITY_TIMEOUT_MS:-100}
 STOCK=1000000000000
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'durability: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
 
@@ -156,7 +153,6 @@ for level in $LEVELS; do
   done
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "==================== POST /buy by durability level ===================="
 echo "| level | Redis | connections | req/s | p50 ms | p99 ms | non-2xx | req/s vs none |"

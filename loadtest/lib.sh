@@ -1,6 +1,20 @@
 # shellcheck shell=bash
-# lib.sh: sourced by the load-test scripts (reserve-ceiling.sh, durability.sh, sold-out.sh,
-# vs-node.sh). The caller defines log, die and need, and sets ROOT to the repository.
+# lib.sh: sourced by the load-test scripts (reserve-ceiling.sh, reserve-cost.sh,
+# durability.sh, sold-out.sh, metrics-cost.sh, redis-memory.sh, vs-node.sh). The caller
+# sets ROOT to the repository.
+
+# The script's name, which its failures start with.
+LOADTEST_NAME=$(basename "$0" .sh)
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf '%s: %s\n' "$LOADTEST_NAME" "$*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
+
+# median: the median of the numbers on stdin, one a line.
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# col NAME K: the median of column K of $TMP/NAME.txt (one run a line).
+col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
+# ratio A B [PLACES]: A / B with PLACES decimals (default 2), n/a when B is not positive.
+ratio() { awk -v a="$1" -v b="$2" -v p="${3:-2}" 'BEGIN { if (b > 0) printf "%." p "f", a / b; else print "n/a" }'; }
 
 # A free TCP port on 127.0.0.1.
 free_port() {
@@ -50,8 +64,7 @@ print_logs() {
   done
 }
 
-# private_run NAME: the frame of a measurement on private stores, for a script that
-# defines log, die and need: PGHOST/PGPORT/PGUSER (defaults 127.0.0.1 5432 postgres,
+# private_run NAME: the frame of a measurement on private stores: PGHOST/PGPORT/PGUSER (defaults 127.0.0.1 5432 postgres,
 # exported), TMP (removed at exit), PIDS (killed at exit), DB_NAME yoink_<NAME>_<pid>
 # on that server, dropped at exit once the script sets DB_CREATED=1, and the logs in
 # TMP printed when the run fails.

@@ -39,9 +39,6 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-1000}
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'metrics-cost: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
 private_run metrics-cost
@@ -102,15 +99,12 @@ for round in $(seq "$RUNS"); do
   done
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
 echo
 echo "==================== metrics cost on POST /buy (medians of $RUNS) ===================="
 for load in open soldout; do
   printf '%-34s %10s req/s  p99 %s ms\n' "$load, metrics on" "$(col "$load-on" 1)" "$(col "$load-on" 2)"
   printf '%-34s %10s req/s  p99 %s ms\n' "$load, metrics off" "$(col "$load-off" 1)" "$(col "$load-off" 2)"
-  printf '%-34s %s\n' "$load: on / off (req/s)" "$(ratio "$(col "$load-on" 1)" "$(col "$load-off" 1)")"
+  printf '%-34s %s\n' "$load: on / off (req/s)" "$(ratio "$(col "$load-on" 1)" "$(col "$load-off" 1)" 3)"
 done
 printf '%-34s %s\n' "machine" "nproc=$(nproc)  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 printf '%-34s %s\n' "load average" "$(cut -d' ' -f1-3 /proc/loadavg)"

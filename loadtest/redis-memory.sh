@@ -34,9 +34,6 @@ source "$ROOT/loadtest/lib.sh"
 RESERVATIONS=${RESERVATIONS:-200000}
 CONNECTIONS=${CONNECTIONS:-500}
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'redis-memory: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
 private_run redis-memory
@@ -68,7 +65,6 @@ sale_bytes() {
   done
   echo "$total"
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 EVENTS_OUT="${YOINK_KEY_PREFIX}yoink:order-events"
 
 BASELINE=$(used)
@@ -137,8 +133,8 @@ printf '%-30s sale keys %10s B = %4s B/reservation   used_memory +%10s B = %4s B
 printf '%-30s %s entries, %s B (shared by every sale; capped by --order-events-max-len)\n' \
   "  of which order events" "$ORDER_EVENTS_LEN" "$ORDER_EVENTS_BYTES"
 printf '%-30s in flight %s B (%s of exact), projected and trimmed %s B (%s of exact)\n' \
-  "sampled (yoink_sale_redis_memory_bytes)" "$IN_FLIGHT_SAMPLED" "$(ratio "$IN_FLIGHT_SAMPLED" "$IN_FLIGHT_SALE")" \
-  "$PROJECTED_SAMPLED" "$(ratio "$PROJECTED_SAMPLED" "$PROJECTED_SALE")"
+  "sampled (yoink_sale_redis_memory_bytes)" "$IN_FLIGHT_SAMPLED" "$(ratio "$IN_FLIGHT_SAMPLED" "$IN_FLIGHT_SALE" 3)" \
+  "$PROJECTED_SAMPLED" "$(ratio "$PROJECTED_SAMPLED" "$PROJECTED_SALE" 3)"
 printf '%-30s %s keys under the sale tag; used_memory +%s B (the order events and allocator pages stay)\n' \
   "archived" "$ARCHIVED_KEYS" "$((ARCHIVED - BASELINE))"
 echo "largest keys, in flight:"; echo "$IN_FLIGHT_KEYS"

@@ -60,10 +60,7 @@ case "$PART" in all | a | b) ;; *) echo "PART must be all, a or b" >&2; exit 2 ;
 run_a() { [[ $PART == all || $PART == a ]]; }
 run_b() { [[ $PART == all || $PART == b ]]; }
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'reserve-ceiling: %s\n' "$*" >&2; exit 1; }
 
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need python3
 run_a && need redis-benchmark
 run_b && { need wrk; need curl; need psql; }
@@ -288,7 +285,6 @@ if run_b; then
 fi
 
 # ---------------------------------------------------------------- summary
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
 echo
 echo "==================== Yoink reserve ceiling summary ===================="

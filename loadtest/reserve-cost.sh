@@ -66,8 +66,7 @@ if [[ $WINDOW == 1 ]]; then
 fi
 STOCK=1000000000000
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'reserve-cost: %s\n' "$*" >&2; exit 1; }
+# Not lib.sh's need: a missing tool is a bad environment, exit 2 (see the header).
 need() { command -v "$1" >/dev/null 2>&1 || { echo "reserve-cost: $1 is not installed" >&2; exit 2; }; }
 need redis-server; need redis-cli; need redis-benchmark; need python3
 CALLGRIND=${CALLGRIND:-0}

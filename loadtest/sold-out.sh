@@ -35,9 +35,6 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-1000}
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'sold-out: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need python3
 
 private_run sold-out
@@ -90,10 +87,7 @@ for round in $(seq "$RUNS"); do
   echo "  script calls: before $((c1 - c0)), after $((c2 - c1))"
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
 OPEN=$(col open 1) BEFORE=$(col before 1) AFTER=$(col after 1)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "==================== sold-out fast path (medians of $RUNS) ===================="
 printf '%-40s %10s req/s  p99 %s ms\n' "open sale (202, script per buy)" "$OPEN" "$(col open 2)"

@@ -38,9 +38,6 @@ PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}
 export PGHOST PGPORT PGUSER
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'vs-node: %s\n' "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed"; }
 need redis-server; need redis-cli; need wrk; need curl; need psql; need node; need npm; need python3
 [[ -f $PEER_DIR/wrk-happy.sh ]] || die "no peer at $PEER_DIR (set PEER_DIR)"
 
@@ -145,9 +142,6 @@ for round in $(seq "$RUNS"); do
   printf '         CPU during the run: %s\n' "$cpu"
 done
 
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-col() { cut -d' ' -f"$2" "$TMP/$1.txt" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 echo "==================== Yoink vs the Node peer (v4), medians of $RUNS (projector: $WITH_PROJECTOR) ===================="
 printf '%-10s %10s req/s  p99 %8s ms  RSS %5s MB\n' "node v4" "$(col peer 1)" "$(col peer 2)" "$(col peer 3)"
