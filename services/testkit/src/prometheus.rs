@@ -644,31 +644,19 @@ fn matching_close(text: &str) -> Option<usize> {
 /// lists that are not functions or keywords), to say which metric an empty
 /// expression lacks.
 pub fn metric_names(expr: &str) -> Vec<String> {
-    // Keywords, and aggregations (`sum by (l) (…)` has no `(` right after `sum`).
-    const KEYWORDS: [&str; 23] = [
+    // Words whose `( … )` that follows is a label list, not an expression.
+    const GROUPING: [&str; 6] = [
         "by",
         "without",
         "on",
         "ignoring",
         "group_left",
         "group_right",
-        "offset",
-        "bool",
-        "and",
-        "or",
-        "unless",
-        "inf",
-        "nan",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "count",
-        "group",
-        "stddev",
-        "stdvar",
-        "topk",
-        "bottomk",
+    ];
+    // Other keywords, and aggregations (`sum by (l) (…)` has no `(` right after `sum`).
+    const KEYWORDS: [&str; 17] = [
+        "offset", "bool", "and", "or", "unless", "inf", "nan", "sum", "min", "max", "avg", "count",
+        "group", "stddev", "stdvar", "topk", "bottomk",
     ];
     let bytes = expr.as_bytes();
     let is_start = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b == b':';
@@ -708,16 +696,7 @@ pub fn metric_names(expr: &str) -> Vec<String> {
                 let word = &expr[i..end];
                 let next = expr[end..].trim_start().chars().next();
                 let lower = word.to_ascii_lowercase();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&lower.as_str())
-                {
+                if GROUPING.contains(&lower.as_str()) {
                     after_grouping = true;
                 } else if next != Some('(')
                     && !KEYWORDS.contains(&lower.as_str())
