@@ -459,7 +459,7 @@ pub async fn record_from_redis(
     let Some(entry) = entries.first() else {
         // The projector trims only entries PostgreSQL has: it recorded this one since
         // the caller looked, and the trimmer removed it.
-        return recorded_since(pool, id)
+        return in_postgres(pool, id)
             .await?
             .ok_or_else(|| HoldError::Unreadable(id, "its stream entry is gone".into()));
     };
@@ -481,9 +481,11 @@ pub async fn record_from_redis(
     }
 }
 
-/// What PostgreSQL holds of the reservation `id` whose stream entry was trimmed: a
-/// hold row (`Recorded`), a fate without one (`NotAHold`), or nothing (`None`).
-async fn recorded_since(pool: &Pool, id: ReservationId) -> Result<Option<FromRedis>, HoldError> {
+/// What PostgreSQL holds of the reservation `id`: a hold row (`Recorded`), a fate
+/// without one (`NotAHold`: a reservation of a sale without holds, already decided), or
+/// nothing (`None`). One statement, so a hold whose fate it sees is seen as a hold: a
+/// hold's row commits before its fate and is never deleted.
+pub async fn in_postgres(pool: &Pool, id: ReservationId) -> Result<Option<FromRedis>, HoldError> {
     let db = pool.get().await?;
     let row = db
         .query_one(

@@ -195,8 +195,12 @@ async fn decide(
 /// Records the hold `id` in PostgreSQL from Redis, for a decision that came before the
 /// projector. Asks only the sales the id's tag names (usually one).
 async fn record(state: &AppState, id: ReservationId) -> Result<(), ApiError> {
-    if decided_without_hold(state, id).await? {
-        return Err(ApiError::NotAHold);
+    match holds::in_postgres(&state.pool, id).await? {
+        // The projector recorded it since `act` looked.
+        Some(FromRedis::Recorded) => return Ok(()),
+        // Decided with no hold row: a reservation of a sale without holds.
+        Some(FromRedis::NotAHold) => return Err(ApiError::NotAHold),
+        Some(FromRedis::Unknown) | None => {}
     }
     let Some(tag) = id.sale_tag() else {
         return Err(ApiError::UnknownReservation);
@@ -210,24 +214,6 @@ async fn record(state: &AppState, id: ReservationId) -> Result<(), ApiError> {
         }
     }
     Err(ApiError::UnknownReservation)
-}
-
-/// True when PostgreSQL decided the reservation `id` (it has a fate) with no hold row:
-/// a reservation of a sale without holds, already an order or released. A hold whose
-/// row appeared since `act` looked (the projector recorded it) and that was decided
-/// meanwhile (an expiry sweep) has both: it is a hold, and `act` answers its fate. A
-/// hold's row always commits before its fate, and is never deleted, so one query
-/// that sees the fate sees the row.
-async fn decided_without_hold(state: &AppState, id: ReservationId) -> Result<bool, ApiError> {
-    let db = state.pool.get().await?;
-    let row = db
-        .query_opt(
-            "SELECT 1 FROM reservation_fates f WHERE f.reservation_id = $1
-               AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.reservation_id = $1)",
-            &[&id.as_uuid()],
-        )
-        .await?;
-    Ok(row.is_some())
 }
 
 /// Applies PostgreSQL's decision in Redis (idempotent, so also a repeat's: it finishes
